@@ -1,0 +1,36 @@
+# Two user-facing targets: `make demo` and `make test`. Both set up .venv themselves.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+RESULTS ?= results
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test test-slow lint install clean
+
+install: $(STAMP)
+
+# Every install goes through constraints.txt so no dependency can pull a CUDA build of torch.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cl-suite run --scenario digits-tiny --strategy zero-shot --seed 0 --results $(RESULTS)
+	$(VENV)/bin/cl-suite run --scenario digits-tiny --strategy finetune --seed 0 --results $(RESULTS)
+	$(VENV)/bin/cl-suite run --scenario digits-tiny --strategy joint --seed 0 --results $(RESULTS)
+	$(VENV)/bin/cl-suite leaderboard --results $(RESULTS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+# pytest exits 5 when it collected no test: that is a failure of this target, not a pass.
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) .pytest_cache

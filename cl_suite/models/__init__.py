@@ -1,0 +1,1 @@
+"""Backbones and the TaskModels built on them. Scenarios choose one; strategies never see which."""

@@ -1,0 +1,288 @@
+"""The run loop (DESIGN.md §4): zero-shot row, then per task before_task -> train -> after_task -> evaluate all.
+
+Determinism: the global RNGs are seeded from (seed, task index) at the start of every task, data-loader shuffles
+draw from them, and the optimizer is rebuilt per task. So a run resumed from the checkpoint after task t replays
+task t+1 exactly as an uninterrupted run would, and ends with the same score matrix on the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import sys
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cl_suite import config as config_mod
+from cl_suite import metrics, registry
+from cl_suite.api import Context, Scenario, Strategy, Task, primary_metric, to_device
+from cl_suite.env_info import environment, peak_memory_mb
+from cl_suite.results import CONFIG_FILE, EVALS_FILE, TRAIN_FILE, RunStore
+
+
+class RunError(RuntimeError):
+    """The run started but failed (non-finite loss, a plugin raised); its record says status failed."""
+
+
+class NonFiniteLoss(RunError):
+    pass
+
+
+def check_compatible(scenario_cls: type[Scenario], strategy_cls: type[Strategy], names: tuple[str, str]) -> None:
+    """Refuse a strategy whose ``supports`` excludes the scenario's setting, before anything loads."""
+    if scenario_cls.setting not in strategy_cls.supports:
+        raise config_mod.ConfigError(
+            f"strategy {names[1]!r} supports settings {', '.join(sorted(strategy_cls.supports))}; "
+            f"scenario {names[0]!r} is {scenario_cls.setting!r}"
+        )
+
+
+def make_run_id(cfg: config_mod.RunConfig) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{cfg.scenario}-{cfg.strategy}".lower()).strip("-")
+    return f"{stamp}-{slug}-s{cfg.seed}-{cfg.config_hash()}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise config_mod.ConfigError(f"device {name!r} asked for, but CUDA is not available; use device=cpu")
+    return device
+
+
+def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO = sys.stderr,
+          progress: bool = True) -> RunStore:  # fmt: skip
+    """Create a run folder for ``cfg`` and execute it. Raises ConfigError before creating anything if the
+    strategy does not support the scenario's setting."""
+    scenario_cls, strategy_cls = registry.load("scenario", cfg.scenario), registry.load("strategy", cfg.strategy)
+    check_compatible(scenario_cls, strategy_cls, (cfg.scenario, cfg.strategy))
+    run_id = make_run_id(cfg)
+    record = {
+        "scenario": cfg.scenario, "strategy": cfg.strategy, "seed": cfg.seed, "tiny": cfg.tiny,
+        "config_hash": cfg.config_hash(), "config": cfg.to_dict(), "metric": primary_metric(scenario_cls),
+        "direction": next(iter(scenario_cls.metrics.values())), "setting": scenario_cls.setting,
+        "metrics": dict(scenario_cls.metrics), "summary_names": list(scenario_cls.summary),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    store = RunStore.create(results_root, run_id, record, cfg.to_yaml())
+    _execute(store, cfg, scenario_cls, strategy_cls, resume=False, out=out, progress=progress)
+    return store
+
+
+def resume(run_dir: str | Path, *, out: TextIO = sys.stderr, progress: bool = True) -> RunStore:
+    """Continue a run from its last finished task."""
+    store = RunStore(run_dir)
+    record = store.read_record()
+    if record["status"] == "success":
+        raise config_mod.ConfigError(f"run {record['run_id']} already finished successfully; nothing to resume")
+    cfg = config_mod.resolve(config_mod.load_yaml(store.path / CONFIG_FILE))
+    scenario_cls, strategy_cls = registry.load("scenario", cfg.scenario), registry.load("strategy", cfg.strategy)
+    store.update(status="running", error=None)
+    _execute(store, cfg, scenario_cls, strategy_cls, resume=True, out=out, progress=progress)
+    return store
+
+
+def _execute(store: RunStore, cfg, scenario_cls, strategy_cls, *, resume: bool, out: TextIO, progress: bool):
+    t0 = time.perf_counter()
+    wall_before = 0.0
+    try:
+        seed_everything(cfg.seed)
+        device = pick_device(cfg.device)
+        scenario = scenario_cls(cfg.scenario_config, tiny=cfg.tiny)
+        tasks = scenario.tasks()
+        state = {"task": -1}
+        ctx = Context(
+            device=device, dtype=torch.float32, seed=cfg.seed, num_tasks=len(tasks), setting=scenario.setting,
+            train=cfg.train, make_loader=partial(_make_loader, scenario, cfg.train),
+            log=lambda **fields: store.append(TRAIN_FILE, [{"task": state["task"], "kind": "strategy", **fields}]),
+            kernel_backend=cfg.kernels, tasks_seen=lambda: tasks[: state["task"] + 1],
+        )  # fmt: skip
+        model = scenario.build_model(ctx).to(device)
+        strategy = strategy_cls(cfg.strategy_config)
+        strategy.setup(model, ctx)
+        strategy.to(device)
+        record = store.update(
+            backbone=scenario.backbone, num_tasks=len(tasks), tasks=[t.name for t in tasks],
+            env=environment(device),
+        )  # fmt: skip
+        stats_log = list(record.get("strategy_stats") or [])
+        trainable_max = (record.get("cost") or {}).get("trainable_params") or 0
+        first = 0
+        checkpoint = store.latest_checkpoint() if resume else None
+        if checkpoint:
+            done, path = checkpoint
+            for task in tasks[: done + 1]:
+                model.on_task_start(task)
+            saved = torch.load(path, map_location=device, weights_only=True)
+            strategy.load_state_dict(saved["strategy"])
+            wall_before = float(saved.get("wall_s", 0.0))
+            store.truncate_after(done)
+            stats_log = [s for s in stats_log if s["task"] <= done]
+            first = done + 1
+            print(f"resuming {store.path.name} after task {done + 1}/{len(tasks)}", file=out)
+        else:
+            store.truncate_after(-2)  # a fresh start, or a resume that never finished its first task
+            stats_log = []
+            _evaluate_all(store, scenario, strategy, tasks, ctx, after=-1)
+
+        for task in tasks[first:]:
+            state["task"] = task.index
+            seed_everything(cfg.seed * 100_003 + task.index + 1)
+            print(f"task {task.index + 1}/{len(tasks)}: {task.name}", file=out)
+            model.on_task_start(task)
+            strategy.before_task(task)
+            if strategy.trains:
+                trainable_max = max(trainable_max, _train_task(store, strategy, task, ctx, progress, out))
+            strategy.after_task(task)
+            row = _evaluate_all(store, scenario, strategy, tasks, ctx, after=task.index)
+            print("  eval " + "  ".join(f"{t.name}={v:.2f}" for t, v in zip(tasks, row)), file=out)
+            stats_log.append({"task": task.index, **strategy.strategy_stats()})
+            wall = wall_before + time.perf_counter() - t0
+            store.save_checkpoint(task.index, {"task": task.index, "strategy": strategy.state_dict(),
+                                               "wall_s": wall}, keep=cfg.train.keep_checkpoints)  # fmt: skip
+            store.update(tasks_done=task.index + 1, strategy_stats=stats_log,
+                         cost=_cost(strategy, device, wall, trainable_max))  # fmt: skip
+        _finish(store, scenario, strategy, device, wall_before + time.perf_counter() - t0, trainable_max)
+    except KeyboardInterrupt:
+        store.update(status="failed", error="interrupted; continue with --resume")
+        raise
+    except Exception as e:
+        message = f"{type(e).__name__}: {e}"
+        store.update(status="failed", error=message,
+                     ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+        if isinstance(e, (config_mod.ConfigError, RunError)):
+            raise
+        raise RunError(message) from e
+
+
+def _make_loader(scenario: Scenario, train, dataset, *, shuffle: bool = False, batch_size: int | None = None):
+    generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ()).item()))
+    return DataLoader(dataset, batch_size=batch_size or train.batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=scenario.collate, num_workers=0)  # fmt: skip
+
+
+def _schedule(train, total: int):
+    def factor(step: int) -> float:
+        if train.warmup_steps and step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        if train.scheduler == "cosine":
+            span = max(1, total - train.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - train.warmup_steps) / span)))
+        return 1.0
+
+    return factor
+
+
+def _train_task(store: RunStore, strategy: Strategy, task: Task, ctx: Context, progress: bool, out) -> int:
+    """Train one task; returns the number of trainable parameters."""
+    train = ctx.train
+    params = list(strategy.trainable_parameters())
+    if not params:
+        raise RunError(f"strategy has no trainable parameters for task {task.name!r} (set trains = False?)")
+    n_trainable = sum(p.numel() for p in params)
+    optimizer = strategy.configure_optimizer(params)
+    loader = ctx.loader(strategy.train_data(task), shuffle=True)
+    total = train.max_steps or train.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(train, total))
+    amp = train.precision != "fp32"
+    amp_dtype = torch.bfloat16 if train.precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=train.precision == "fp16")
+    bar = tqdm(total=total, desc=f"  train {task.name}", file=out, disable=None if progress else True, leave=False, mininterval=1)
+    step, epoch, logs = 0, 0, []
+    strategy.train()
+    t_start = time.perf_counter()
+    while step < total:
+        for batch in loader:
+            batch = to_device(batch, ctx.device)
+            with torch.autocast(ctx.device.type, dtype=amp_dtype) if amp else nullcontext():
+                loss = strategy.training_step(batch, task)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"task {task.index} ({task.name}), step {step}: loss is {value}; "
+                                    "lower train.lr or set train.grad_clip")  # fmt: skip
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            strategy.after_backward()
+            if train.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            strategy.after_step()
+            step += 1
+            bar.update(1)
+            if step % train.log_every == 0 or step == total:
+                lr = optimizer.param_groups[0]["lr"]
+                logs.append({"task": task.index, "step": step, "epoch": epoch, "loss": value, "lr": lr,
+                             "t_s": round(time.perf_counter() - t_start, 3)})  # fmt: skip
+                bar.set_postfix(loss=f"{value:.4f}")
+            if step >= total:
+                break
+        epoch += 1
+    bar.close()
+    store.append(TRAIN_FILE, logs)
+    if logs:
+        print(f"  trained {step} steps, final loss {logs[-1]['loss']:.4f}", file=out)
+    return n_trainable
+
+
+@torch.no_grad()
+def _evaluate_all(store: RunStore, scenario: Scenario, strategy: Strategy, tasks: list[Task], ctx: Context,
+                  after: int) -> list[float]:  # fmt: skip
+    """Evaluate on every task (seen and unseen); append the rows; return the primary scores."""
+    strategy.eval()
+    metric = primary_metric(scenario)
+    rows, primary = [], []
+    for task in tasks:
+        task_id = task.index if scenario.setting == "til" else None
+        scores = dict(scenario.evaluate(partial(strategy.predict, task_id=task_id), task, ctx))
+        n = scores.pop("n", len(task.test))
+        if metric not in scores:
+            raise RunError(f"scenario evaluate() returned {sorted(scores)} without its primary metric {metric!r}")
+        rows += [{"after_task": after, "eval_task": task.index, "metric": m, "value": float(v), "n": n}
+                 for m, v in scores.items()]  # fmt: skip
+        primary.append(float(scores[metric]))
+    store.append(EVALS_FILE, rows)
+    return primary
+
+
+def _cost(strategy: Strategy, device: torch.device, wall: float, trainable: int) -> dict:
+    return {
+        "wall_s": round(wall, 3),
+        "peak_mem_mb": round(peak_memory_mb(device), 1),
+        "trainable_params": trainable,
+        "added_inference_params": int(strategy.added_inference_parameters()),
+        "total_params": sum(p.numel() for p in strategy.parameters()),
+    }
+
+
+def _finish(store: RunStore, scenario: Scenario, strategy: Strategy, device, wall: float, trainable: int) -> None:
+    import pandas as pd
+
+    from cl_suite.results import score_matrix
+
+    record = store.read_record()
+    evals = pd.DataFrame([{"n": None, **r} for r in store.read_lines(EVALS_FILE)])
+    R, n = score_matrix(evals, record["metric"], record["num_tasks"])
+    summary = metrics.summarize(R, scenario.summary, n)
+    store.update(status="success", summary=summary, cost=_cost(strategy, device, wall, trainable),
+                 ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
