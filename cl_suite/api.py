@@ -33,6 +33,14 @@ SETTINGS = ("cil", "til", "dil", "fscil", "seg", "instr")
 ROLES = ("q", "k", "v", "o", "fc1", "fc2", "patch")
 """Roles of the linear layers a TaskModel exposes to adapters (gate/up/down of LLMs map to fc1/fc1/fc2 + a name)."""
 
+CAPABILITIES = {
+    "features": "model.features(batch) -> (B, D) pooled representation",
+    "logits": "model.logits(batch) -> (B, C) scores over a global label space; batch['y'] holds labels",
+    "linear_targets": "model.linear_targets() is non-empty (adapters, gradient projection)",
+    "blocks": "model.blocks() is non-empty (block-level adapters such as SEMA's)",
+}
+"""What a scenario's model may provide (``Scenario.provides``) and a strategy may need (``Strategy.requires``)."""
+
 Batch = dict[str, Any]
 
 
@@ -133,6 +141,7 @@ class Strategy(nn.Module):
         supports: the settings it can run in; a scenario of another setting is refused before anything loads.
             Declare it as a literal in the class body so ``cl-suite list`` can read it without importing you.
         train_defaults: overrides of the run's ``train.*`` defaults (e.g. ``{"lr": 5e-4}``); the user's win.
+        requires: capabilities (CAPABILITIES) the task model must provide, e.g. ``{"linear_targets"}``.
         trains: False for strategies that never update weights (zero-shot); the runner then skips training.
 
     State that must survive ``--resume`` lives in the module's state dict. A strategy that grows structure per
@@ -142,6 +151,7 @@ class Strategy(nn.Module):
 
     Config: ClassVar[type] = EmptyConfig
     supports: ClassVar[frozenset[str]] = frozenset(SETTINGS)
+    requires: ClassVar[frozenset[str]] = frozenset()
     train_defaults: ClassVar[Mapping[str, Any]] = {}
     trains: ClassVar[bool] = True
 
@@ -205,9 +215,11 @@ class Scenario:
         summary: the names (cl_suite.metrics) of the summaries shown for this scenario, the first one ranks.
         Config: a dataclass of the protocol's knobs (``--set scenario.<field>=...``).
         train_defaults: defaults of the run's ``train.*`` block for this scenario.
+        provides: capabilities (CAPABILITIES) of the model ``build_model`` returns.
     """
 
     setting: ClassVar[str] = "cil"
+    provides: ClassVar[frozenset[str]] = frozenset()
     metrics: ClassVar[Mapping[str, str]] = {"acc": "max"}
     summary: ClassVar[tuple[str, ...]] = ("last", "avg_inc", "forgetting", "bwt", "fwt")
     Config: ClassVar[type] = EmptyConfig
@@ -245,6 +257,16 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def incompatibility(scenario: type[Scenario], strategy: type[Strategy]) -> str | None:
+    """Why ``strategy`` cannot run on ``scenario`` (setting or model capabilities), or None if it can."""
+    if scenario.setting not in strategy.supports:
+        return f"it supports settings {', '.join(sorted(strategy.supports))}, and the scenario is {scenario.setting!r}"
+    missing = sorted(set(strategy.requires) - set(scenario.provides))
+    if missing:
+        return f"it needs a model with {', '.join(missing)}, which the scenario's model does not provide"
+    return None
 
 
 def primary_metric(scenario: type[Scenario] | Scenario) -> str:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from cl_suite import config as config_mod
 from cl_suite import metrics, registry
-from cl_suite.api import Context, Scenario, Strategy, Task, primary_metric, to_device
+from cl_suite.api import Context, Scenario, Strategy, Task, incompatibility, primary_metric, to_device
 from cl_suite.env_info import environment, peak_memory_mb
 from cl_suite.results import CONFIG_FILE, EVALS_FILE, TRAIN_FILE, RunStore
 
@@ -39,12 +39,10 @@ class NonFiniteLoss(RunError):
 
 
 def check_compatible(scenario_cls: type[Scenario], strategy_cls: type[Strategy], names: tuple[str, str]) -> None:
-    """Refuse a strategy whose ``supports`` excludes the scenario's setting, before anything loads."""
-    if scenario_cls.setting not in strategy_cls.supports:
-        raise config_mod.ConfigError(
-            f"strategy {names[1]!r} supports settings {', '.join(sorted(strategy_cls.supports))}; "
-            f"scenario {names[0]!r} is {scenario_cls.setting!r}"
-        )
+    """Refuse a strategy that cannot run on the scenario (setting, model capabilities), before anything loads."""
+    reason = incompatibility(scenario_cls, strategy_cls)
+    if reason:
+        raise config_mod.ConfigError(f"strategy {names[1]!r} cannot run on scenario {names[0]!r}: {reason}")
 
 
 def make_run_id(cfg: config_mod.RunConfig) -> str:

@@ -36,6 +36,7 @@ class DigitsTiny(Scenario):
     """Class-incremental sklearn digits, 5 tasks x 2 classes, tiny ViT from scratch (seconds on a CPU)."""
 
     setting = "cil"
+    provides = frozenset({"features", "logits", "linear_targets", "blocks"})
     metrics = {"acc": "max"}
     summary = ("last", "avg_inc", "forgetting", "bwt", "fwt", "forgetting_first_last")
     Config = DigitsConfig
