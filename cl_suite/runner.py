@@ -67,12 +67,13 @@ def pick_device(name: str) -> torch.device:
 
 
 def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO = sys.stderr,
-          progress: bool = True) -> RunStore:  # fmt: skip
+          progress: bool = True, run_id: str | None = None) -> RunStore:  # fmt: skip
     """Create a run folder for ``cfg`` and execute it. Raises ConfigError before creating anything if the
-    strategy does not support the scenario's setting."""
+    strategy does not support the scenario's setting. ``run_id`` names the folder (default: a timestamped id);
+    sweeps pass an id derived from the config alone, so a re-run finds the same folder."""
     scenario_cls, strategy_cls = registry.load("scenario", cfg.scenario), registry.load("strategy", cfg.strategy)
     check_compatible(scenario_cls, strategy_cls, (cfg.scenario, cfg.strategy))
-    run_id = make_run_id(cfg)
+    run_id = run_id or make_run_id(cfg)
     record = {
         "scenario": cfg.scenario, "strategy": cfg.strategy, "seed": cfg.seed, "tiny": cfg.tiny,
         "config_hash": cfg.config_hash(), "config": cfg.to_dict(), "metric": primary_metric(scenario_cls),
@@ -80,7 +81,13 @@ def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO = 
         "metrics": dict(scenario_cls.metrics), "summary_names": list(scenario_cls.summary),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
-    store = RunStore.create(results_root, run_id, record, cfg.to_yaml())
+    for attempt in range(1, 1000):  # the same config started twice in one second gets a suffix
+        try:
+            store = RunStore.create(results_root, run_id if attempt == 1 else f"{run_id}-{attempt}", record,
+                                    cfg.to_yaml())  # fmt: skip
+            break
+        except FileExistsError:
+            continue
     _execute(store, cfg, scenario_cls, strategy_cls, resume=False, out=out, progress=progress)
     return store
 
