@@ -1,6 +1,6 @@
 """The typed run config: dataclasses filled from a YAML file, CLI flags and ``key=value`` overrides.
 
-Layering, lowest first: the dataclass defaults, the scenario's ``train_defaults``, the strategy's
+``backbone=X`` at the top level is short for ``scenario.backbone=X``. Layering, lowest first: the dataclass defaults, the scenario's ``train_defaults``, the strategy's
 ``train_defaults``, the YAML file, the CLI flags, then ``--set`` overrides. Every value is coerced to its field's
 annotated type; an unknown key or a bad value raises :class:`ConfigError` naming the valid keys or the type.
 The resolved config is what a run records (``config.yaml``) and what ``cl-suite run <config.yaml>`` re-runs.
@@ -110,6 +110,10 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Run
     from cl_suite import registry
 
     nested = _nest(raw, overrides or {})
+    if "backbone" in nested:  # `--set backbone=X` is short for scenario.backbone (the scenario builds the model)
+        section = nested.get("scenario")
+        nested["scenario"] = {**(section if isinstance(section, dict) else {"name": section}),
+                              "backbone": nested.pop("backbone")}  # fmt: skip
     unknown = sorted(set(nested) - set(_TOP_KEYS))
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; valid top-level keys: {', '.join(_TOP_KEYS)}")

@@ -86,3 +86,8 @@ def test_config_file_errors(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         config.load_yaml(bad)
+
+
+def test_top_level_backbone_is_the_scenarios_backbone_field():
+    with pytest.raises(ConfigError, match=r"unknown config key 'scenario\.backbone'"):
+        resolve({"scenario": "digits-tiny", "strategy": "finetune"}, {"backbone": "x"})
