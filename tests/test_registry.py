@@ -23,13 +23,13 @@ def test_builtins_are_entry_points():
 def test_unknown_name_suggests_and_lists():
     with pytest.raises(RegistryError, match=r"Did you mean 'finetune'.*Known strategies: .*finetune"):
         registry.load("strategy", "fintune")
-    with pytest.raises(RegistryError, match="Known scenarios: .*digits-tiny"):
+    with pytest.raises(RegistryError, match=r"Known scenarios: .*digits-tiny"):
         registry.load("scenario", "nope")
 
 
 def test_module_class_refs_and_base_class_check():
     assert registry.load("strategy", "strategies.joint:Joint").__name__ == "Joint"
-    with pytest.raises(RegistryError, match="not a subclass of cl_suite.api.Strategy"):
+    with pytest.raises(RegistryError, match=r"not a subclass of cl_suite\.api\.Strategy"):
         registry.load("strategy", "scenarios.digits:DigitsTiny")
     with pytest.raises(RegistryError, match="cannot import"):
         registry.load("strategy", "no_such_module:Thing")
@@ -43,7 +43,7 @@ def test_a_name_claimed_twice_is_an_error(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps)
     registry.entry_points.cache_clear()
     try:
-        with pytest.raises(RegistryError, match="claimed twice: by a.mod:A and by b.mod:B"):
+        with pytest.raises(RegistryError, match=r"claimed twice: by a\.mod:A and by b\.mod:B"):
             registry.names("strategy")
     finally:
         registry.entry_points.cache_clear()
