@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 RESULTS ?= results
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-slow lint install clean
+.PHONY: demo test test-slow lint install clean chromium
 
 install: $(STAMP)
 
@@ -24,9 +24,17 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The app's browser test drives Debian's chromium through Playwright; install it once if it is missing.
+# Without apt-get or root the install is skipped and that one test skips with its reason.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	  echo "could not install chromium (needs apt-get as root); the app's browser test will be skipped"; }
+
 # pytest exits 5 when it collected no test: that is a failure of this target, not a pass.
-test: lint
-	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+# One torch thread per process: the tests use tiny models, where a second thread costs more than it gives.
+test: lint chromium
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 test-slow: $(STAMP)

@@ -66,13 +66,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO = sys.stderr,
+def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO | None = None,
           progress: bool = True, run_id: str | None = None) -> RunStore:  # fmt: skip
     """Create a run folder for ``cfg`` and execute it. Raises ConfigError before creating anything if the
     strategy does not support the scenario's setting. ``run_id`` names the folder (default: a timestamped id);
     sweeps pass an id derived from the config alone, so a re-run finds the same folder."""
     scenario_cls, strategy_cls = registry.load("scenario", cfg.scenario), registry.load("strategy", cfg.strategy)
     check_compatible(scenario_cls, strategy_cls, (cfg.scenario, cfg.strategy))
+    out = sys.stderr if out is None else out
     run_id = run_id or make_run_id(cfg)
     record = {
         "scenario": cfg.scenario, "strategy": cfg.strategy, "seed": cfg.seed, "tiny": cfg.tiny,
@@ -92,8 +93,9 @@ def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO = 
     return store
 
 
-def resume(run_dir: str | Path, *, out: TextIO = sys.stderr, progress: bool = True) -> RunStore:
+def resume(run_dir: str | Path, *, out: TextIO | None = None, progress: bool = True) -> RunStore:
     """Continue a run from its last finished task."""
+    out = sys.stderr if out is None else out
     store = RunStore(run_dir)
     record = store.read_record()
     if record["status"] == "success":

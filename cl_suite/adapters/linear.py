@@ -1,0 +1,193 @@
+"""``AdapterLinear``: a frozen ``nn.Linear`` plus a bank of low-rank groups, computed by one fused-op call.
+
+Each group (one per task or per expert) holds ``A`` (d_in×r) and ``B`` (r×d_out) and a scale. The forward
+concatenates the live groups and makes one :func:`cl_suite.kernels.adapter_linear` call however many groups exist, so
+a bank of ten adapters costs one op, not ten (the fragmentation LoRA-Switch measured). Gate modes (DESIGN.md §6):
+
+* ``none`` — plain LoRA: every rank weighted by its group's scale (``alpha / r``).
+* ``importance`` — a learned importance vector per group, shared by all tokens (CoDyRA's rank-selective LoRA).
+* ``topk`` — per-token self-activation over all ranks of all groups (MoRA): ``z = x·A``, ``s = z/‖z‖``, keep the
+  top-k, ``w = softmax(top-k(s)/τ)``; at inference ranks with ``s < δ`` are dropped. The router needs ``z`` before
+  the op, so this mode costs one extra shrink (``x·A``) ahead of the fused call.
+* ``router`` — a learned router per sample over groups (mixture of experts; mean over the sample's tokens).
+
+Groups can be frozen (no gradient, still computed), merged into the base weight (static gate modes only; the group is
+then gone at zero inference cost) and pruned (dropped whole, or ranks dropped).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl_suite.kernels import adapter_linear
+
+GATE_MODES = ("none", "importance", "topk", "router")
+
+
+class RankGroup(nn.Module):
+    """One low-rank group: ``ΔW = scale · A diag(importance) B`` with ``A`` kaiming-uniform and ``B`` zero (LoRA)."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, scale: float, importance: bool) -> None:
+        super().__init__()
+        a = torch.empty(rank, d_in)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.A = nn.Parameter(a.t().contiguous())
+        self.B = nn.Parameter(torch.zeros(rank, d_out))
+        self.importance = nn.Parameter(torch.randn(rank)) if importance else None
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[1]
+
+    @property
+    def frozen(self) -> bool:
+        return not self.A.requires_grad
+
+    def static_gate(self) -> torch.Tensor:
+        """The per-rank weight of a static gate mode (scale, times importance when learned)."""
+        g = self.scale.expand(self.rank)
+        return g * self.importance if self.importance is not None else g
+
+
+class AdapterLinear(nn.Module):
+    """Wraps ``base`` (kept frozen) with a bank of rank groups; see the module docstring for gate modes."""
+
+    def __init__(self, base: nn.Linear, *, gate: str = "none", act: str = "identity", topk: int = 8,
+                 temperature: float = 0.01, threshold: float = 0.0, backend: str | None = None) -> None:  # fmt: skip
+        super().__init__()
+        if gate not in GATE_MODES:
+            raise ValueError(f"unknown gate mode {gate!r}; accepted: {', '.join(GATE_MODES)}")
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"AdapterLinear wraps an nn.Linear, got {type(base).__name__}")
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.gate_mode, self.act, self.backend = gate, act, backend
+        self.topk, self.temperature, self.threshold = topk, temperature, threshold
+        self.groups = nn.ModuleList()
+        self.routers = nn.ModuleList()  # router mode: one logit per group, grown with the bank
+        self.merged_groups = 0
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    # -- bank management -------------------------------------------------------------------------------------
+    def add_group(self, rank: int, alpha: float | None = None) -> int:
+        """Append a trainable group (scale ``alpha / rank``, default 1); returns its index."""
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        scale = 1.0 if alpha is None else alpha / rank
+        w = self.base.weight
+        group = RankGroup(self.in_features, self.out_features, rank, scale, self.gate_mode == "importance")
+        self.groups.append(group.to(device=w.device, dtype=w.dtype))
+        if self.gate_mode == "router":
+            self.routers.append(nn.Linear(self.in_features, 1).to(device=w.device, dtype=w.dtype))
+        return len(self.groups) - 1
+
+    def freeze_group(self, index: int) -> None:
+        """Stop training a group; it keeps contributing (bit-identical output)."""
+        for p in self.groups[index].parameters():
+            p.requires_grad_(False)
+        if self.gate_mode == "router":
+            self.routers[index].requires_grad_(False)
+
+    def freeze(self) -> None:
+        for i in range(len(self.groups)):
+            self.freeze_group(i)
+
+    @torch.no_grad()
+    def merge_groups(self, indices: list[int] | None = None) -> None:
+        """Fold groups into the base weight and drop them (static gates only: the output is unchanged up to rounding)."""
+        if self.gate_mode not in ("none", "importance"):
+            raise ValueError(f"groups with gate mode {self.gate_mode!r} depend on the input and cannot be merged")
+        indices = sorted(range(len(self.groups)) if indices is None else indices)
+        for i in indices:
+            g = self.groups[i]
+            delta = (g.A * g.static_gate()) @ g.B  # (d_in, d_out)
+            self.base.weight.add_(delta.t().to(self.base.weight.dtype))
+        self.prune_groups(indices)
+        self.merged_groups += len(indices)
+
+    def prune_groups(self, indices: list[int]) -> None:
+        """Drop groups whole (their contribution is removed)."""
+        drop = set(indices)
+        self.groups = nn.ModuleList(g for i, g in enumerate(self.groups) if i not in drop)
+        if self.gate_mode == "router":
+            self.routers = nn.ModuleList(r for i, r in enumerate(self.routers) if i not in drop)
+
+    @torch.no_grad()
+    def prune_ranks(self, index: int, keep: torch.Tensor) -> None:
+        """Keep only the ranks of group ``index`` where ``keep`` (bool, length r) is True (e.g. zero importance)."""
+        g = self.groups[index]
+        keep = keep.to(torch.bool).cpu()
+        if keep.numel() != g.rank:
+            raise ValueError(f"keep mask has {keep.numel()} entries, group {index} has rank {g.rank}")
+        if not keep.any():
+            return self.prune_groups([index])
+        train = not g.frozen
+        g.A = nn.Parameter(g.A[:, keep].clone(), requires_grad=train)
+        g.B = nn.Parameter(g.B[keep].clone(), requires_grad=train)
+        if g.importance is not None:
+            g.importance = nn.Parameter(g.importance[keep].clone(), requires_grad=train)
+        return None
+
+    def adapter_parameters(self, trainable_only: bool = True) -> list[nn.Parameter]:
+        params = [*self.groups.parameters(), *self.routers.parameters()]
+        return [p for p in params if p.requires_grad or not trainable_only]
+
+    @property
+    def rank(self) -> int:
+        return sum(g.rank for g in self.groups)
+
+    # -- forward ---------------------------------------------------------------------------------------------
+    def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.groups) == 1:
+            return self.groups[0].A, self.groups[0].B
+        return torch.cat([g.A for g in self.groups], 1), torch.cat([g.B for g in self.groups], 0)
+
+    def _gate(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor | None:
+        scales = torch.cat([g.scale.expand(g.rank) for g in self.groups])
+        if self.gate_mode == "none":
+            return None if bool((scales == 1).all()) else scales
+        if self.gate_mode == "importance":
+            return torch.cat([g.static_gate() for g in self.groups])
+        if self.gate_mode == "topk":
+            return self._topk_gate(x, A) * scales
+        # router: per sample (a 3-D input's tokens share their sample's mean), softmax over groups
+        pooled = x.mean(dim=1) if x.dim() == 3 else x.reshape(-1, x.shape[-1])
+        weights = torch.softmax(torch.cat([r(pooled) for r in self.routers], -1), -1)
+        ranks = torch.tensor([g.rank for g in self.groups], device=x.device)
+        return weights.repeat_interleave(ranks, dim=-1) * scales
+
+    def _topk_gate(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """MoRA's self-activation: sparse softmax over the top-k normalised projections, per token."""
+        z = x @ A
+        s = F.normalize(z, dim=-1)
+        k = min(max(self.topk, 2), z.shape[-1])
+        top, idx = s.topk(k, dim=-1)
+        w = torch.zeros_like(s).scatter(-1, idx, torch.softmax(top / self.temperature, -1))
+        if not self.training and self.threshold > 0:
+            w = w * (s >= self.threshold)
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.groups:
+            return self.base(x)
+        A, B = self._factors()
+        gate = self._gate(x, A)
+        return adapter_linear(x, A, B, gate, weight=self.base.weight, bias=self.base.bias, act=self.act,
+                              backend=self.backend)  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}->{self.out_features}, gate={self.gate_mode}, groups={len(self.groups)}, "
+                f"rank={self.rank}, merged={self.merged_groups}")  # fmt: skip
