@@ -57,6 +57,16 @@ def leaderboard(tables: RunTables, scenario: str | None = None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def select(tables: RunTables, **equals: str | None) -> RunTables:
+    """The runs whose columns equal the given values (None means any), e.g. ``select(t, backbone="b", setting="cil")``;
+    evaluation rows are kept for the selected runs only."""
+    runs = tables.runs
+    for column, value in equals.items():
+        if value is not None:
+            runs = runs[runs[column].fillna("unknown" if column == "backbone" else "") == value]
+    return RunTables(runs, tables.evals[tables.evals["run_id"].isin(runs["run_id"])])
+
+
 def display_table(board: pd.DataFrame) -> pd.DataFrame:
     """Human-facing columns: ``mean ± std`` strings for summaries, rounded costs."""
     if board.empty:
@@ -67,6 +77,7 @@ def display_table(board: pd.DataFrame) -> pd.DataFrame:
             name = column[: -len("_mean")]
             out[name] = [_pm(m, s) for m, s in zip(board[column], board[f"{name}_std"])]
     out["wall_s"] = board["wall_s"].round(1)
+    out["peak_mem_mb"] = board["peak_mem_mb"].round(1)
     out["params_trained"] = board["trainable_params"].map(_count)
     out["params_added"] = board["added_inference_params"].map(_count)
     return out

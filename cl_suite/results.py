@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from cl_suite.reference import protocol_of
+
 SCHEMA_VERSION = 1
 STATUSES = ("running", "success", "failed")
 RUN_FILE, EVALS_FILE, TRAIN_FILE, CONFIG_FILE = "run.json", "evals.jsonl", "train.jsonl", "config.yaml"
@@ -173,7 +175,7 @@ class RunTables(NamedTuple):
 RUN_COLUMNS = [
     "run_id", "status", "scenario", "strategy", "backbone", "setting", "seed", "metric", "direction",
     "num_tasks", "config_hash", "started_at", "ended_at", "wall_s", "peak_mem_mb", "trainable_params",
-    "added_inference_params", "total_params", "summary_names", "error", "published", "path",
+    "added_inference_params", "total_params", "summary_names", "error", "published", "path", "protocol", "tiny",
 ]  # fmt: skip
 
 
@@ -185,6 +187,7 @@ def _flatten(record: dict[str, Any], path: Path, root: Path) -> dict[str, Any]:
                                     "total_params")},
         "published": "published" in path.relative_to(root).parts,
         "path": str(path),
+        "protocol": protocol_of(record),
     }  # fmt: skip
     for name, value in (record.get("summary") or {}).items():
         row[name] = value
@@ -233,6 +236,13 @@ def load_runs(root: str | Path) -> RunTables:
             runs[column] = pd.Series(dtype=object)
     evals = pd.DataFrame(eval_rows, columns=EVAL_COLUMNS)
     return RunTables(runs, evals)
+
+
+def load_reference(root: str | Path) -> pd.DataFrame:
+    """Published paper numbers under ``<root>/reference/`` (cl_suite.reference): shown apart from runs."""
+    from cl_suite.reference import load_reference as load
+
+    return load(root)
 
 
 def score_matrix(evals: pd.DataFrame, metric: str, num_tasks: int) -> tuple[np.ndarray, np.ndarray | None]:
