@@ -60,7 +60,7 @@ def cmd_run(args) -> int:
 def cmd_list(args) -> int:
     from cl_suite import registry
 
-    kinds = ["strategy", "scenario"] if args.kind in (None, "all") else [args.kind.rstrip("s")]
+    kinds = {"strategies": ["strategy"], "scenarios": ["scenario"]}.get(args.kind, ["strategy", "scenario"])
     for kind in kinds:
         print(f"{kind.capitalize()} plugins:")
         for name in registry.names(kind):
@@ -82,6 +82,91 @@ def cmd_leaderboard(args) -> int:
     tables = results.load_runs(_results_root(args))
     board = leaderboard.leaderboard(tables, scenario=args.scenario)
     print(leaderboard.render(board, args.format))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from cl_suite import sweep
+
+    return sweep.run_sweep(
+        scenarios=args.scenarios, strategies=args.strategies, seeds=args.seeds, root=_results_root(args),
+        overrides=args.set, config_file=args.config, tiny=args.tiny, backend=args.backend, address=args.address,
+        jobs=args.jobs, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,
+        transfer=args.transfer, fmt=args.format,
+    )  # fmt: skip
+
+
+def cmd_bench_kernels(args) -> int:
+    from cl_suite.kernels import bench
+
+    try:
+        rows = bench.run_bench(args.device, csv_path=args.csv, full=args.full, reps=args.reps,
+                               progress=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from e
+    print(bench.render(rows, args.device))
+    if args.csv:
+        print(f"saved {args.csv}")
+    return 0
+
+
+def cmd_bench_mora(args) -> int:
+    from cl_suite.adapters import bench_mora
+
+    try:
+        tasks = tuple(int(t) for t in args.tasks.split(","))
+    except ValueError as e:
+        raise UsageError(f"--tasks must be comma-separated integers such as 1,5,10, got {args.tasks!r}") from e
+    try:
+        rows = bench_mora.run_bench(args.device, d=args.d, tokens=args.tokens, rank=args.rank, topk=args.topk,
+                                    tasks=tasks, reps=args.reps, csv_path=args.csv,
+                                    progress=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from e
+    print(bench_mora.render(rows, args.device))
+    if args.csv:
+        print(f"saved {args.csv}")
+    return 0
+
+
+def app_command(root: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """The Streamlit command line and environment of `cl-suite app` (headless, localhost only, one results root)."""
+    import importlib.util
+
+    entry = Path(__file__).resolve().parent.parent / "app" / "main.py"
+    if importlib.util.find_spec("streamlit") is None:
+        raise UsageError("the app needs Streamlit: pip install -e '.[app]'")
+    if not entry.exists():
+        raise UsageError(f"the app's entry page {entry} is missing; run `cl-suite app` from a checkout of cl-suite")
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {port}")
+    command = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.headless", "true",
+               "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"]  # fmt: skip
+    pythonpath = os.pathsep.join(filter(None, [str(entry.parent.parent), os.environ.get("PYTHONPATH")]))
+    return command, {**os.environ, "CL_SUITE_RESULTS": str(root.resolve()), "PYTHONPATH": pythonpath}
+
+
+def cmd_app(args) -> int:
+    import subprocess
+
+    root = _results_root(args)
+    command, env = app_command(root, args.port)
+    print(f"cl-suite app: results root {root.resolve()}; open http://127.0.0.1:{args.port} (Ctrl+C stops it)")
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_pretrain(args) -> int:
+    from cl_suite.models import tiny_clip
+    from cl_suite.models.tiny_clip_pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(**{k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
+    result = pretrain(cfg, Path(args.out) if args.out else tiny_clip.WEIGHTS, progress=not args.quiet)
+    print(f"wrote {result['path']} (sha256 {result['sha256']}) in {result['seconds']} s")
+    print(f"held-out shape-colour pairs, zero-shot: pair {result['pair_acc']:.1f}% (chance {result['chance_pair']:.1f}%), "
+          f"shape {result['shape_acc']:.1f}%, colour {result['colour_acc']:.1f}%")  # fmt: skip
     return 0
 
 
@@ -116,10 +201,14 @@ def _print_run(path: Path, full: bool = False) -> None:
             print(f"error: {record['error']}")
         print("\nconfig:\n" + yaml.safe_dump(record.get("config", {}), sort_keys=False).rstrip())
     if names and not evals_df.empty:
-        R, _ = results.score_matrix(evals_df, record["metric"], len(names))
+        R, counts = results.score_matrix(evals_df, record["metric"], len(names))
         matrix = pd.DataFrame(R, index=["before", *[f"after {n}" for n in names]], columns=names)
         print(f"\nscore matrix ({record['metric']}, rows: after training task, columns: evaluated task):")
         print(matrix.round(2).to_string())
+        if record.get("setting") == "fscil":
+            sessions = metrics.fscil_sessions(R, counts)
+            print("\nper-session accuracy (test set of all classes seen so far):")
+            print("  " + "  ".join(f"{n}={a:.2f}" for n, a in zip(names, sessions) if a == a))  # a == a: not NaN
     if record.get("summary"):
         direction = record.get("direction", "max")
         print("\nsummary:")
@@ -170,7 +259,61 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--dir", default="strategies", help="folder to write into (default: strategies)")
     new.set_defaults(func=cmd_new_strategy)
 
-    for p in (run, show, board):
+    swp = sub.add_parser("sweep", help="run a scenario × strategy × seed grid (skips finished cells, resumes killed ones)")
+    swp.add_argument("--scenarios", required=True, help="comma-separated scenario names")
+    swp.add_argument("--strategies", required=True, help="comma-separated strategy names")
+    swp.add_argument("--seeds", default="0", help="comma-separated seeds or ranges, e.g. 0,1,2 or 0-4 (default: 0)")
+    swp.add_argument("--config", help="a base run config YAML shared by every cell")
+    swp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key in every cell")
+    swp.add_argument("--tiny", action="store_true", help="shrink every cell (at most 2 tasks, a few dozen examples)")
+    swp.add_argument("--backend", choices=["local", "ray"], default="local",
+                     help="local: a process pool on this machine; ray: Ray tasks on a local or remote cluster")  # fmt: skip
+    swp.add_argument("--address", help="Ray cluster address (e.g. auto, host:6379, ray://host:10001); "
+                                       "default: $RAY_ADDRESS, a cluster started here, else a local Ray")  # fmt: skip
+    swp.add_argument("--jobs", type=int, help="cells at a time (default: local, CPUs / cpus-per-run; ray, what fits)")
+    swp.add_argument("--cpus-per-run", type=float,
+                     help="CPUs (and torch threads) per cell (default: ray 1; local, the CPUs shared out over --jobs)")  # fmt: skip
+    swp.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs per cell; a fraction packs cells per GPU")
+    swp.add_argument("--retries", type=int, default=1, help="retry a failed cell this many times (default: 1)")
+    swp.add_argument("--transfer", choices=["shared", "return"],
+                     help="shared: workers write into the results root (one machine, or a shared filesystem at the "
+                          "same path); return: workers send each run folder back to this process (default for ray)")  # fmt: skip
+    swp.add_argument("--format", choices=["text", "markdown", "csv", "latex"], default="text")
+    swp.set_defaults(func=cmd_sweep)
+
+    bench = sub.add_parser("bench", help="micro-benchmarks (kernels: the fused adapter op)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    bk = bench_sub.add_parser("kernels", help="adapter op vs frozen linear vs per-group loop (and Triton on CUDA)")
+    bk.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bk.add_argument("--csv", metavar="PATH", help="also save the table as CSV")
+    bk.add_argument("--full", action="store_true", help="on a CPU, include N=8192 (slow)")
+    bk.add_argument("--reps", type=int, default=5, help="CPU repeats per variant; the minimum is reported (default: 5)")
+    bk.set_defaults(func=cmd_bench_kernels)
+    bm = bench_sub.add_parser("mora", help="a MoRA layer (atom bank, top-k self-activation) vs the frozen linear")
+    bm.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bm.add_argument("--d", type=int, default=768, help="layer width (default: 768, CLIP ViT-B/16)")
+    bm.add_argument("--tokens", type=int, help="tokens per call (default: 512 on a CPU, 197x64 on CUDA)")
+    bm.add_argument("--rank", type=int, default=16, help="atoms per task r (default: 16)")
+    bm.add_argument("--topk", type=int, default=16, help="activation budget k (default: 16)")
+    bm.add_argument("--tasks", default="1,5,10", help="bank sizes in tasks, comma-separated (default: 1,5,10)")
+    bm.add_argument("--reps", type=int, default=5, help="CPU repeats per variant; the minimum is reported (default: 5)")
+    bm.add_argument("--csv", metavar="PATH", help="also save the table as CSV")
+    bm.set_defaults(func=cmd_bench_mora)
+
+    app = sub.add_parser("app", help="the Streamlit leaderboard on http://127.0.0.1:PORT over one results root")
+    app.add_argument("--port", type=int, default=8501, help="local port (default: 8501)")
+    app.add_argument("--results", help=f"results root (default: $CL_SUITE_RESULTS or ./{DEFAULT_RESULTS})")
+    app.set_defaults(func=cmd_app)
+
+    pre = sub.add_parser("pretrain", help="pretrain a project model (tiny-clip: the clip-tiny backbone, minutes on a CPU)")
+    pre.add_argument("model", choices=["tiny-clip"])
+    pre.add_argument("--steps", type=int, help="optimizer steps (default: the committed weights' 600)")
+    pre.add_argument("--seed", type=int, help="seed (default 0)")
+    pre.add_argument("--out", help="weights file (default: the packaged cl_suite/models/weights/tiny_clip.pt)")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    pre.set_defaults(func=cmd_pretrain)
+
+    for p in (run, show, board, swp):
         p.add_argument("--results", help=f"results root (default: $CL_SUITE_RESULTS or ./{DEFAULT_RESULTS})")
     return parser
 
@@ -194,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cl-suite: interrupted (continue with --resume RUN_ID)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

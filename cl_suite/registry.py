@@ -98,17 +98,30 @@ def describe(kind: str, name: str) -> PluginInfo:
     source = _module_source(module_name)
     if source is None:
         return info
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.ClassDef) and node.name == attr:
-            doc = (ast.get_docstring(node) or "").strip().splitlines()
-            settings = default_settings
-            wanted = "supports" if kind == "strategy" else "setting"
-            for stmt in node.body:
-                value = _class_literal(stmt, wanted)
-                if value is not None:
-                    settings = (value,) if isinstance(value, str) else tuple(sorted(value))
-            return PluginInfo(name, ref, doc[0] if doc else "", settings)
-    return info
+    classes = {node.name: node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)}
+    if attr not in classes:
+        return info
+    doc = (ast.get_docstring(classes[attr]) or "").strip().splitlines()
+    value = _inherited_literal(classes, attr, "supports" if kind == "strategy" else "setting")
+    settings = default_settings if value is None else (value,) if isinstance(value, str) else tuple(sorted(value))
+    return PluginInfo(name, ref, doc[0] if doc else "", settings)
+
+
+def _inherited_literal(classes: dict[str, ast.ClassDef], name: str, target: str, depth: int = 0):
+    """``target``'s literal in class ``name`` or, failing that, in its base classes defined in the same module."""
+    node = classes.get(name)
+    if node is None or depth > 10:
+        return None
+    for stmt in node.body:
+        value = _class_literal(stmt, target)
+        if value is not None:
+            return value
+    for base in node.bases:
+        if isinstance(base, ast.Name):
+            value = _inherited_literal(classes, base.id, target, depth + 1)
+            if value is not None:
+                return value
+    return None
 
 
 def _group(kind: str) -> str:

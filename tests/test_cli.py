@@ -57,6 +57,10 @@ def test_list_shows_descriptions_and_settings():
     r = cli("list")
     assert r.returncode == 0
     assert "digits-tiny" in r.stdout and "[setting: cil]" in r.stdout and "Sequential fine-tuning" in r.stdout
+    strategies, scenarios = cli("list", "strategies"), cli("list", "scenarios")
+    assert strategies.returncode == scenarios.returncode == 0
+    assert "finetune" in strategies.stdout and "digits-tiny" not in strategies.stdout
+    assert "digits-tiny" in scenarios.stdout and "finetune" not in scenarios.stdout
 
 
 def test_killed_run_resumes_to_the_same_matrix(results_root, tmp_path):

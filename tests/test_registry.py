@@ -70,3 +70,14 @@ def test_cli_list_imports_no_plugin_module():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "imported: []"
+
+
+def test_describe_follows_base_classes_in_the_same_module(tmp_path, monkeypatch):
+    (tmp_path / "described_plugins.py").write_text(
+        "from cl_suite.api import Scenario\n"
+        "class Base(Scenario):\n    setting = 'seg'\n"
+        "class Child(Base):\n    '''A child scenario.'''\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    info = registry.describe("scenario", "described_plugins:Child")
+    assert (info.description, info.settings) == ("A child scenario.", ("seg",))
