@@ -143,6 +143,7 @@ class Strategy(nn.Module):
         train_defaults: overrides of the run's ``train.*`` defaults (e.g. ``{"lr": 5e-4}``); the user's win.
         requires: capabilities (CAPABILITIES) the task model must provide, e.g. ``{"linear_targets"}``.
         trains: False for strategies that never update weights (zero-shot); the runner then skips training.
+            The runner reads it before every task, so ``before_task`` may set it on the instance (train one task only).
 
     State that must survive ``--resume`` lives in the module's state dict. A strategy that grows structure per
     task (new adapters, atoms, bases) returns what it needs from ``get_extra_state`` and rebuilds it in
@@ -182,6 +183,14 @@ class Strategy(nn.Module):
 
     def after_step(self) -> None:
         """After the optimizer step: proximal steps, re-projection."""
+
+    def next_round(self, task: Task) -> int | None:
+        """After a training pass on ``task``: the epochs of one more pass, or None (the default) to end the task.
+
+        Each pass gets a fresh optimizer over the re-read ``trainable_parameters`` and a fresh schedule (``max_steps``
+        still caps every pass). SEMA uses it for its descriptor phase and for training after a mid-task expansion.
+        """
+        return None
 
     def after_task(self, task: Task) -> None:
         """Merge, freeze, expand, update subspaces."""

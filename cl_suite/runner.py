@@ -158,6 +158,8 @@ def _execute(store: RunStore, cfg, scenario_cls, strategy_cls, *, resume: bool, 
             strategy.before_task(task)
             if strategy.trains:
                 trainable_max = max(trainable_max, _train_task(store, strategy, task, ctx, progress, out))
+                while (epochs := strategy.next_round(task)) is not None:  # more passes (SEMA: phases, expansions)
+                    trainable_max = max(trainable_max, _train_task(store, strategy, task, ctx, progress, out, epochs))
             strategy.after_task(task)
             row = _evaluate_all(store, scenario, strategy, tasks, ctx, after=task.index)
             print("  eval " + "  ".join(f"{t.name}={v:.2f}" for t, v in zip(tasks, row)), file=out)
@@ -198,8 +200,10 @@ def _schedule(train, total: int):
     return factor
 
 
-def _train_task(store: RunStore, strategy: Strategy, task: Task, ctx: Context, progress: bool, out) -> int:
-    """Train one task; returns the number of trainable parameters."""
+def _train_task(store: RunStore, strategy: Strategy, task: Task, ctx: Context, progress: bool, out,
+                epochs: int | None = None) -> int:  # fmt: skip
+    """Train one pass over a task (``epochs``: the strategy's choice for a later pass, else train.epochs); returns
+    the number of trainable parameters."""
     train = ctx.train
     params = list(strategy.trainable_parameters())
     if not params:
@@ -207,7 +211,7 @@ def _train_task(store: RunStore, strategy: Strategy, task: Task, ctx: Context, p
     n_trainable = sum(p.numel() for p in params)
     optimizer = strategy.configure_optimizer(params)
     loader = ctx.loader(strategy.train_data(task), shuffle=True)
-    total = train.max_steps or train.epochs * len(loader)
+    total = train.max_steps or (train.epochs if epochs is None else epochs) * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(train, total))
     amp = train.precision != "fp32"
     amp_dtype = torch.bfloat16 if train.precision == "bf16" else torch.float16

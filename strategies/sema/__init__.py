@@ -1,0 +1,1 @@
+"""SEMA: self-expanding mixture of adapters (strategies/sema/strategy.py)."""
