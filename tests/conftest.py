@@ -11,6 +11,9 @@ import pytest
 
 import cl_suite  # noqa: F401  (installs the torchvision fix before any test imports torchvision)
 
+# One torch thread per process (subprocesses inherit it): tiny models run faster so, and far faster on a busy machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 
 

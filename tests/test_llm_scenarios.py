@@ -1,0 +1,223 @@
+"""llm-tiny, text5, text15 and trace: data, protocols, loaders on fake folders, and end-to-end runs on the tiny Llama."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cl_suite import config, results, runner
+from scenarios import llm_files
+from scenarios.llm_sequences import (
+    TEXT5_ORDERS,
+    TEXT15_ORDERS,
+    TRACE_ORDER,
+    LLMTiny,
+    Text5,
+    Text15,
+    Trace,
+    score_example,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these tiny models gain nothing from more, and a shared CPU makes extra threads very slow."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(raw: dict, overrides: dict, root):
+    cfg = config.resolve(raw, overrides)
+    store = runner.start(cfg, root, out=io.StringIO(), progress=False)
+    record, evals = results.load_run(store.path)
+    return results.score_matrix(pd.DataFrame(evals), record["metric"], record["num_tasks"])[0], record, evals
+
+
+# -- llm-tiny --------------------------------------------------------------------------------------------------
+def test_llm_tiny_builds_four_disjoint_tasks():
+    tasks = LLMTiny().tasks()
+    assert [t.name for t in tasks] == ["topic", "language", "arithmetic", "uppercase"]
+    for t in tasks:
+        assert (len(t.train), len(t.test)) == (64, 40)
+        train, test = {x["prompt"] for x in t.train.examples}, {x["prompt"] for x in t.test.examples}
+        assert not train & test, t.name
+    topic, language, arithmetic, upper = tasks
+    assert topic.meta["metric"] == "acc" and topic.meta["labels"] == ["coding", "literature", "money", "trivia"]
+    assert {x["answer"] for x in language.test.examples} == set(language.meta["labels"])
+    for x in arithmetic.test.examples:
+        a, op, b = x["prompt"].split(".")[0].removeprefix("Compute ").split()
+        assert int(x["answer"]) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+    assert all(x["answer"] == x["prompt"].split("'")[1].upper() for x in upper.test.examples)
+
+
+def test_llm_tiny_backbone_auto_and_tiny_limits():
+    cfg = config.resolve({"scenario": "llm-tiny", "strategy": "finetune", "tiny": True})
+    assert cfg.scenario_config.backbone == "auto"
+    tiny = LLMTiny(cfg.scenario_config, tiny=True)
+    assert tiny.backbone == "tiny-llama"
+    tasks = tiny.tasks()
+    assert len(tasks) == 2 and all(len(t.train) <= 32 and len(t.test) <= 16 for t in tasks)
+    assert LLMTiny().backbone == "smollm2-135m"
+    explicit = config.resolve({"scenario": "llm-tiny", "strategy": "finetune", "tiny": True}, {"backbone": "hf:/m"})
+    assert LLMTiny(explicit.scenario_config, tiny=True).backbone == "hf:/m"
+    with pytest.raises(ValueError, match="accepted: topic, language"):
+        LLMTiny(LLMTiny.Config(task_order=("topic", "poetry"))).tasks()
+
+
+def test_generation_budget_follows_the_longest_training_answer():
+    task = LLMTiny(LLMTiny.Config(task_order=("topic",))).tasks()[0]
+    assert task.meta["max_new_tokens"] == min(16, len("literature") + 4)
+    assert task.test[0]["max_new_tokens"] == task.meta["max_new_tokens"]
+
+
+def test_finetune_learns_then_forgets_on_llm_tiny(results_root):
+    """Sequential fine-tuning of the tiny Llama: it learns the topic answers, then the language task overwrites them."""
+    R, record, evals = run({"scenario": "llm-tiny", "strategy": "finetune", "tiny": True, "seed": 0},
+                           {"train.lr": "3e-3", "train.epochs": "12"}, results_root)  # fmt: skip
+    assert record["status"] == "success" and record["backbone"] == "tiny-llama"
+    assert R.shape == (3, 2) and ((R >= 0) & (R <= 100)).all()
+    assert {"score", "em", "rougeL"} <= {e["metric"] for e in evals}
+    assert set(record["summary"]) == set(LLMTiny.summary)
+    topic_before, topic_learned, topic_after = R[0, 0], R[1, 0], R[2, 0]
+    assert topic_learned > topic_before  # it produces topic labels (the random model answers none)
+    assert R[2, 1] > R[1, 1]  # the language task is learned
+    assert topic_after < topic_learned  # ... and the topic task is forgotten
+    assert record["summary"]["forgetting"] > 0 and record["summary"]["bwt"] < 0
+
+
+def test_generation_evaluation_scores_a_memorised_answer():
+    """Train the tiny Llama on one constant answer until it generates it: the scenario's evaluate must say 100."""
+    import torch
+
+    from cl_suite.api import Context, Task
+    from scenarios.llm_sequences import TextDataset
+
+    scenario = LLMTiny(tiny=True)
+    ctx = Context(device=torch.device("cpu"), dtype=torch.float32, seed=0, num_tasks=1, setting="instr",
+                  train=config.TrainConfig(eval_batch_size=4),
+                  make_loader=lambda ds, shuffle=False, batch_size=None: torch.utils.data.DataLoader(
+                      ds, batch_size=batch_size or 4, collate_fn=scenario.collate))  # fmt: skip
+    torch.manual_seed(0)
+    model = scenario.build_model(ctx)
+    examples = [{"prompt": f"Question {i}: is this a test?", "answer": "yes"} for i in range(6)]
+    task = Task(0, "yes", TextDataset(examples, 8), TextDataset(examples, 8), meta={"metric": "em"})
+    before = scenario.evaluate(lambda b: model.predict(b, None), task, ctx)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = scenario.collate([task.train[i] for i in range(6)])
+    model.train()
+    for _ in range(40):
+        optimizer.zero_grad()
+        model.loss(batch, task).backward()
+        optimizer.step()
+    model.eval()
+    after = scenario.evaluate(lambda b: model.predict(b, None), task, ctx)
+    assert before["score"] == 0.0 and after == {"score": 100.0, "em": 100.0, "rougeL": 100.0, "n": 6}
+
+
+# -- text5 / text15 (O-LoRA CL_Benchmark layout) ---------------------------------------------------------------
+def write_cl_benchmark(root, names, n=6):
+    for name in names:
+        group, folder = llm_files.CL_BENCHMARK_TASKS[name]
+        base = root / group / folder
+        base.mkdir(parents=True, exist_ok=True)
+        labels = ["yes", "no"] if group != "TC" else ["World", "Sports", "Business", "Science or Technology"]
+        (base / "labels.json").write_text(json.dumps(labels))
+        for split in ("train", "dev", "test"):
+            rows = [{"sentence": f"{name} {split} example {i}", "label": labels[i % len(labels)]} for i in range(n)]
+            (base / f"{split}.json").write_text(json.dumps(rows))
+
+
+def test_text5_reads_the_cl_benchmark_layout(tmp_path):
+    write_cl_benchmark(tmp_path, ["agnews", "dbpedia", "amazon", "yahoo", "copa"])
+    scenario = Text5(Text5.Config(data_dir=str(tmp_path)))
+    tasks = scenario.tasks()
+    assert [t.name for t in tasks] == list(TEXT5_ORDERS[1]) == ["dbpedia", "amazon", "yahoo", "agnews"]
+    first = tasks[3].train[0]
+    assert first["prompt"] == ("What is the topic of the following paragraph? Choose one from the option.\n"
+                               "Option: World, Sports, Business, Science or Technology \nagnews train example 0\nAnswer:")
+    assert first["answer"] == "World" and tasks[3].meta["metric"] == "em"
+    copa = Text5(Text5.Config(data_dir=str(tmp_path), task_order=("copa",))).tasks()[0]
+    assert copa.train[0]["prompt"] == "copa train example 0\nAnswer:"  # COPA has no instruction in O-LoRA
+    sub = Text5(Text5.Config(data_dir=str(tmp_path), train_per_task=4, test_per_task=2)).tasks()
+    assert all((len(t.train), len(t.test)) == (4, 2) for t in sub)
+
+
+def test_text5_and_text15_orders_are_explicit_lists():
+    assert sorted(TEXT5_ORDERS[1]) == sorted(TEXT5_ORDERS[2]) == sorted(TEXT5_ORDERS[3])
+    long = [sorted(o) for o in TEXT15_ORDERS.values()]
+    assert long[0] == long[1] == long[2] and len(long[0]) == 15 and len(set(long[0])) == 15
+    assert set(long[0]) == set(llm_files.CL_BENCHMARK_TASKS)
+    assert Text15().config.task_order == TEXT15_ORDERS[4]
+
+
+def test_text_loaders_fail_with_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"set scenario\.data_dir=PATH"):
+        Text5().tasks()
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        Text5(Text5.Config(data_dir=str(tmp_path / "nope"))).tasks()
+    with pytest.raises(FileNotFoundError, match=r"labels\.json"):
+        Text5(Text5.Config(data_dir=str(tmp_path))).tasks()
+    write_cl_benchmark(tmp_path, ["agnews"])
+    with pytest.raises(ValueError, match="unknown CL_Benchmark task 'news'"):
+        Text5(Text5.Config(data_dir=str(tmp_path), task_order=("news",))).tasks()
+    (tmp_path / "TC" / "agnews" / "test.json").write_text('[{"text": "x"}]')
+    with pytest.raises(ValueError, match="keys sentence, label"):
+        Text5(Text5.Config(data_dir=str(tmp_path), task_order=("agnews",))).tasks()
+
+
+def test_text15_tiny_run_on_a_fake_folder(tmp_path, results_root):
+    write_cl_benchmark(tmp_path, TEXT15_ORDERS[4][:2])
+    R, record, _ = run({"scenario": {"name": "text15", "data_dir": str(tmp_path)}, "strategy": "finetune",
+                        "tiny": True}, {"train.max_steps": "1"}, results_root)  # fmt: skip
+    assert record["status"] == "success" and record["tasks"] == ["mnli", "cb"] and R.shape == (3, 2)
+
+
+# -- TRACE -----------------------------------------------------------------------------------------------------
+def write_trace(root, n=5):
+    for name in TRACE_ORDER:
+        (root / name).mkdir(parents=True)
+        for split in ("train", "eval", "test"):
+            rows = [{"prompt": f"{name} question {i}?", "answer": f"Answer: {'AB'[i % 2]}\nBecause {i}"
+                     if name == "ScienceQA" else f"{name} answer {i % 2}"} for i in range(n)]  # fmt: skip
+            (root / name / f"{split}.json").write_text(json.dumps(rows))
+
+
+def test_trace_reads_its_layout_with_per_task_metrics(tmp_path, results_root):
+    write_trace(tmp_path)
+    tasks = Trace(Trace.Config(data_dir=str(tmp_path))).tasks()
+    assert [t.name for t in tasks] == list(TRACE_ORDER)
+    metrics = {t.name: t.meta["metric"] for t in tasks}
+    assert metrics["MeetingBank"] == "rougeL" and metrics["Py150"] == "edit_sim" and metrics["FOMC"] == "em"
+    assert tasks[0].train[0] == {"prompt": "C-STANCE question 0?", "answer": "C-STANCE answer 0",
+                                 "max_new_tokens": len("C-STANCE answer 0") + 4}  # fmt: skip
+    R, record, _ = run({"scenario": {"name": "trace", "data_dir": str(tmp_path)}, "strategy": "finetune",
+                        "tiny": True}, {"train.max_steps": "1"}, results_root)  # fmt: skip
+    assert record["status"] == "success" and R.shape == (3, 2)
+    assert {"trace_op", "trace_bwt", "bwt"} <= set(record["summary"])
+
+
+def test_trace_scienceqa_is_scored_on_the_answer_letter():
+    meta = {"metric": "em", "extract": llm_files.TRACE_TASKS["ScienceQA"][1]}
+    gold = "Answer: A\nBecause wax reduces friction."
+    assert score_example("Answer: A\nBecause it is slippery", gold, meta)["score"] == 1.0
+    assert score_example("Answer: B\nBecause wax reduces friction.", gold, meta)["score"] == 0.0
+    assert score_example("I think A", gold, meta)["score"] == 0.0
+    scores = score_example(gold, gold, {"metric": "rougeL"})
+    assert scores == {"score": 1.0, "em": 1.0, "rougeL": 1.0}
+
+
+def test_trace_bwt_sign_convention():
+    """Negative BWT means forgetting, for both the Lopez-Paz (T-1) and the TRACE (T) normalisation."""
+    from cl_suite import metrics
+
+    R = np.array([[0.0, 0.0], [80.0, 10.0], [50.0, 90.0]])  # row -1 first; task 0 drops from 80 to 50
+    assert metrics.bwt(R) == pytest.approx(-30.0) and metrics.trace_bwt(R) == pytest.approx(-15.0)
+    assert metrics.trace_op(R) == metrics.last(R) == pytest.approx(70.0)
