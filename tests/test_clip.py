@@ -1,0 +1,140 @@
+"""CLIP task model, tiny CLIP, clip-tiny scenarios and the full-scale loaders (on fake folders made here)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cl_suite  # noqa: F401  (torchvision fix before open_clip)
+from cl_suite import config, runner
+from cl_suite.models import tiny_clip
+from cl_suite.models.clip import CLIPTaskModel, PatchLinear, SplitAttention, split_fused_layers
+from cl_suite.results import load_run, score_matrix
+
+
+@pytest.fixture(scope="module")
+def random_clip_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
+    tiny_clip.save(tiny_clip.build(seed=3), path)
+    return path
+
+
+def _inputs():
+    torch.manual_seed(0)
+    return torch.randn(3, 3, 32, 32), tiny_clip.tokenizer()(["a photo of a red circle.", "the digit 3", "a face"])
+
+
+def test_split_layers_equal_the_fused_originals():
+    clip = tiny_clip.build(seed=1).eval()
+    images, tokens = _inputs()
+    with torch.no_grad():
+        before = clip.encode_image(images), clip.encode_text(tokens)
+        split = split_fused_layers(copy.deepcopy(clip))
+        after = split.encode_image(images), split.encode_text(tokens)
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in split.modules())
+    assert isinstance(split.visual.conv1, PatchLinear)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _model(clip=None):
+    clip = clip or tiny_clip.build(seed=1)
+    names, templates = ["circle", "square", "0", "1"], [("a photo of a {}.",)] * 2 + [("the digit {}",)] * 2
+    return CLIPTaskModel(clip, tiny_clip.tokenizer(), names, templates, [(0, 1), (2, 3)], "tiny-clip")
+
+
+def test_adapter_roles_and_blocks_cover_both_towers():
+    model = _model()
+    targets = model.linear_targets()
+    roles = {t.role for t in targets}
+    assert roles == {"q", "k", "v", "o", "fc1", "fc2", "patch"}
+    for t in targets:
+        assert model.get_submodule(t.name) is t.module and isinstance(t.module, torch.nn.Linear)
+    layers = tiny_clip.CONFIG["vision_cfg"]["layers"] + tiny_clip.CONFIG["text_cfg"]["layers"]
+    assert sum(t.role == "q" for t in targets) == layers
+    assert any(t.name.startswith("clip.visual.") for t in targets) and any(t.name.startswith("clip.transformer.") for t in targets)
+    blocks = model.blocks()
+    assert len(blocks) == layers
+    assert all(isinstance(b.attn, SplitAttention) and b.norm is b.block.ln_2 for b in blocks)
+
+
+def test_predict_masks_classes_and_loss_trains_text_and_image(random_clip_path):
+    model = _model(tiny_clip.load(random_clip_path, verify=False))
+    images, _ = _inputs()
+    batch = {"x": images, "y": torch.tensor([2, 3, 2])}
+    scores = model.predict(batch, task_id=1)
+    assert (scores[:, :2] == torch.finfo(scores.dtype).min).all() and torch.isfinite(scores[:, 2:]).all()
+    assert torch.isfinite(model.predict(batch, None)).all()  # eval_classes="all": every class scored
+    assert model.logits(batch).shape == (3, 4) and model.features(batch).shape == (3, tiny_clip.CONFIG["embed_dim"])
+    model.train()
+    task = type("T", (), {"classes": (2, 3), "name": "digits"})()
+    model.text_loss = 0.5
+    model.loss(batch, task).backward()
+    assert model.clip.token_embedding.weight.grad.abs().sum() > 0
+    assert model.clip.visual.conv1.proj.weight.grad.abs().sum() > 0
+
+
+def test_tiny_clip_weights_match_their_sha256():
+    assert tiny_clip.WEIGHTS.stat().st_size <= 16 * 2**20
+    expected = tiny_clip.WEIGHTS.with_name("tiny_clip.pt.sha256").read_text().split()[0]
+    assert tiny_clip.sha256(tiny_clip.WEIGHTS) == expected
+    tiny_clip.load()  # loads and verifies
+
+
+def _run(tmp_path, scenario, strategy, **sets):
+    overrides = {"scenario.name": scenario, "strategy.name": strategy, "tiny": "true", "device": "cpu", **sets}
+    store = runner.start(config.resolve({}, overrides), tmp_path, progress=False)
+    record, evals = load_run(store.path)
+    import pandas as pd
+
+    R, _ = score_matrix(pd.DataFrame(evals), "acc", record["num_tasks"])
+    return record, R
+
+
+def _direct_zero_shot(scenario_name: str) -> list[float]:
+    """Zero-shot accuracy computed here from the raw CLIP: prompt ensembles, cosine similarity, argmax."""
+    from cl_suite import registry
+
+    scenario = registry.load("scenario", scenario_name)(tiny=True)
+    tasks = scenario.tasks()
+    clip, tok = tiny_clip.load(), tiny_clip.tokenizer()
+    all_classes = [(t, j) for t in tasks for j in range(len(t.meta["class_names"]))]
+    with torch.no_grad():
+        text = torch.stack([
+            F.normalize(F.normalize(clip.encode_text(tok([p.format(t.meta["class_names"][j]) for p in t.meta["templates"]])), dim=-1).mean(0), dim=-1)
+            for t, j in all_classes
+        ])  # fmt: skip
+        accs = []
+        for t in tasks:
+            x = torch.stack([t.test[i]["x"] for i in range(len(t.test))])
+            y = torch.tensor([t.test[i]["y"] for i in range(len(t.test))])
+            sims = F.normalize(clip.encode_image(x), dim=-1) @ text.T
+            if scenario.setting == "til":
+                allowed = torch.full_like(sims, float("-inf"))
+                allowed[:, list(t.classes)] = 0
+                sims = sims + allowed
+            accs.append(100.0 * float((sims.argmax(1) == y).float().mean()))
+    return accs
+
+
+@pytest.mark.parametrize("scenario", ["clip-tiny", "clip-tiny-xtail"])
+def test_zero_shot_row_equals_the_models_zero_shot_accuracy(tmp_path, scenario):
+    record, R = _run(tmp_path, scenario, "zero-shot")
+    assert record["status"] == "success"
+    np.testing.assert_allclose(R[0], _direct_zero_shot(scenario), atol=1e-6)
+    np.testing.assert_allclose(R[1:], np.broadcast_to(R[0], R[1:].shape))
+    assert set(record["summary"]) >= {"mtil_transfer", "mtil_avg", "mtil_last"}
+
+
+@pytest.mark.slow  # about 3-4 minutes on a loaded 2-core CPU
+def test_finetune_on_clip_tiny_forgets_and_loses_transfer(tmp_path):
+    # digits then shapes: the tiny CLIP's zero-shot on faces is below chance, so it has no transfer to lose
+    _, R = _run(tmp_path, "clip-tiny", "finetune", **{"scenario.domains": "digits,shapes"})
+    zero_shot, after_first, after_second = R
+    assert after_first[0] > zero_shot[0] + 5  # it learns the first domain
+    assert after_second[0] < after_first[0] - 5  # and forgets it after the second
+    assert after_first[1] < zero_shot[1]  # transfer: zero-shot skill on the unseen domain drops
