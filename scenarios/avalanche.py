@@ -1,0 +1,116 @@
+"""Avalanche benchmarks as cl-suite scenarios.
+
+``from_avalanche(benchmark)`` turns any Avalanche classification benchmark (built with ``nc_benchmark``,
+``benchmark_from_datasets``, ``class_incremental_benchmark`` or by hand) into our Tasks. To run your own,
+subclass :class:`AvalancheScenario`, return the benchmark from ``benchmark()`` and the model from
+``build_model``, and register the class under ``cl_suite.scenarios`` (or pass ``--scenario module:Class``).
+
+``avalanche-digits`` is the small example: scikit-learn's bundled digits built into an Avalanche
+``nc_benchmark`` from tensors (Avalanche's own loaders download at run time; see environment.md §4), with the
+same split, class order and tiny ViT as ``digits-tiny``, so the two scenarios give comparable numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cl_suite.api import Context, Scenario, Task, TaskModel
+from cl_suite.avalanche_bridge import from_avalanche, require_avalanche
+from cl_suite.data import stratified_split
+from cl_suite.models.classifier import ClassifierModel, evaluate_accuracy
+from cl_suite.models.tiny_vit import TinyViT
+
+__all__ = ["AvalancheDigits", "AvalancheScenario", "from_avalanche"]
+
+TINY_TASKS, TINY_EXAMPLES = 2, 64  # --tiny: at most 2 tasks and 64 examples per split
+
+
+class AvalancheScenario(Scenario):
+    """Base class: a scenario whose tasks come from an Avalanche benchmark. Subclasses give ``benchmark()``."""
+
+    setting = "cil"
+    metrics = {"acc": "max"}
+    summary = ("last", "avg_inc", "forgetting", "bwt", "fwt", "forgetting_first_last")
+
+    def __init__(self, config: Any = None, *, tiny: bool = False) -> None:
+        super().__init__(config, tiny=tiny)
+        self._tasks: list[Task] | None = None
+
+    def benchmark(self) -> Any:
+        """The Avalanche benchmark (an object with ``train_stream`` and ``test_stream``)."""
+        raise NotImplementedError
+
+    def tasks(self) -> list[Task]:
+        if self._tasks is None:
+            limit = TINY_EXAMPLES if self.tiny else None
+            self._tasks = from_avalanche(self.benchmark(), max_tasks=TINY_TASKS if self.tiny else None, limit=limit)
+        return self._tasks
+
+    def evaluate(self, predict, task: Task, ctx: Context) -> dict[str, float]:
+        return evaluate_accuracy(predict, task, ctx)
+
+
+class _LabelledTensors(torch.utils.data.TensorDataset):
+    """A TensorDataset with the ``targets`` list Avalanche's generators read."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        super().__init__(x, y)
+        self.targets = y.tolist()
+
+
+@dataclass
+class AvalancheDigitsConfig:
+    class_order: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+    n_experiences: int = 5
+    test_fraction: float = 0.25
+    split_seed: int = 0
+    dim: int = 32
+    depth: int = 2
+    heads: int = 2
+    patch: int = 2
+
+
+class AvalancheDigits(AvalancheScenario):
+    """sklearn digits as an Avalanche nc_benchmark (5 experiences x 2 classes), tiny ViT from scratch."""
+
+    setting = "cil"
+    provides = frozenset({"features", "logits", "linear_targets", "blocks"})
+    Config = AvalancheDigitsConfig
+    train_defaults = {"epochs": 5, "batch_size": 32, "lr": 3e-3}
+
+    def __init__(self, config: AvalancheDigitsConfig | None = None, *, tiny: bool = False) -> None:
+        super().__init__(config, tiny=tiny)
+        order, n = self.config.class_order, self.config.n_experiences
+        if sorted(order) != list(range(10)):
+            raise ValueError(f"class_order must be a permutation of 0..9, got {list(order)}")
+        if n < 1 or 10 % n:
+            raise ValueError(f"n_experiences must divide 10 (1, 2, 5 or 10), got {n}")
+
+    @property
+    def backbone(self) -> str:
+        c = self.config
+        return f"tiny-vit(d={c.dim},depth={c.depth},patch={c.patch})"
+
+    def benchmark(self) -> Any:
+        from sklearn.datasets import load_digits
+
+        benchmarks = require_avalanche("avalanche.benchmarks")
+        images, labels = load_digits(return_X_y=True)
+        x = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+        y = torch.tensor(labels, dtype=torch.long)
+        train_idx, test_idx = stratified_split(labels, self.config.test_fraction, self.config.split_seed)
+        train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
+        return benchmarks.nc_benchmark(
+            _LabelledTensors(x[train_idx], y[train_idx]), _LabelledTensors(x[test_idx], y[test_idx]),
+            n_experiences=self.config.n_experiences, task_labels=False,
+            fixed_class_order=list(self.config.class_order), seed=self.config.split_seed,
+        )  # fmt: skip
+
+    def build_model(self, ctx: Context) -> TaskModel:
+        c = self.config
+        backbone = TinyViT(image_size=8, patch=c.patch, channels=1, dim=c.dim, depth=c.depth, heads=c.heads)
+        task_classes = [t.classes for t in self.tasks()]
+        return ClassifierModel(backbone, c.dim, task_classes, num_classes=10, backbone_name=self.backbone)
