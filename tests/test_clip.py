@@ -130,11 +130,34 @@ def test_zero_shot_row_equals_the_models_zero_shot_accuracy(tmp_path, scenario):
     assert set(record["summary"]) >= {"mtil_transfer", "mtil_avg", "mtil_last"}
 
 
-@pytest.mark.slow  # about 3-4 minutes on a loaded 2-core CPU
+@pytest.mark.slow  # the full 4-domain stream: about 5 minutes on a 2-core CPU
 def test_finetune_on_clip_tiny_forgets_and_loses_transfer(tmp_path):
-    # digits then shapes: the tiny CLIP's zero-shot on faces is below chance, so it has no transfer to lose
-    _, R = _run(tmp_path, "clip-tiny", "finetune", **{"scenario.domains": "digits,shapes"})
-    zero_shot, after_first, after_second = R
-    assert after_first[0] > zero_shot[0] + 5  # it learns the first domain
-    assert after_second[0] < after_first[0] - 5  # and forgets it after the second
-    assert after_first[1] < zero_shot[1]  # transfer: zero-shot skill on the unseen domain drops
+    """On the full stream (not --tiny: with two domains, training on digits happens to raise the shapes score),
+    finetune forgets learnt domains and its MTIL Transfer falls below the zero-shot model's score on the same
+    not-yet-learnt domains (row 0 of the same run)."""
+    record, R = _run(tmp_path, "clip-tiny", "finetune", tiny="false")
+    assert R.shape == (5, 4)
+    assert record["summary"]["forgetting"] > 5
+    zero_shot_transfer = R[0, 1:].mean()  # what Transfer would be if training never hurt unseen domains
+    assert record["summary"]["mtil_transfer"] < zero_shot_transfer - 2
+
+
+def test_text_cache_is_not_reused_when_gradients_flow():
+    """An importance pass (EWC, SI) runs eval mode with gradients: two backward passes must both work."""
+    from cl_suite import registry
+    from cl_suite.api import Context
+    from cl_suite.config import TrainConfig
+
+    scenario = registry.load("scenario", "clip-tiny")(tiny=True)
+    task = scenario.tasks()[0]
+    ctx = Context(torch.device("cpu"), torch.float32, 0, 1, "til", TrainConfig(), make_loader=None)
+    model = scenario.build_model(ctx)
+    model.on_task_start(task)
+    model.eval()
+    batch = {"x": torch.stack([task.train[i]["x"] for i in range(4)]),
+             "y": torch.tensor([task.train[i]["y"] for i in range(4)])}  # fmt: skip
+    for _ in range(2):
+        model.loss(batch, task).backward()
+    with torch.no_grad():
+        first = model.text_features(task.classes)
+        assert model.text_features(task.classes) is first  # cached under no_grad

@@ -81,6 +81,15 @@ class AdapterLinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen base weight, as on the ``nn.Linear`` this replaces (open_clip reads ``c_fc.weight.dtype``)."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
     # -- bank management -------------------------------------------------------------------------------------
     def add_group(self, rank: int, alpha: float | None = None) -> int:
         """Append a trainable group (scale ``alpha / rank``, default 1); returns its index."""
@@ -179,6 +188,12 @@ class AdapterLinear(nn.Module):
         if not self.training and self.threshold > 0:
             w = w * (s >= self.threshold)
         return w
+
+    def gate_weights(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The per-rank gate the forward applies to ``x`` (None: ungated), e.g. to count MoRA's active atoms."""
+        if not self.groups:
+            return None
+        return self._gate(x, self._factors()[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.groups:

@@ -162,9 +162,11 @@ class CLIPTaskModel(TaskModel):
 
     def text_features(self, classes: Sequence[int]) -> torch.Tensor:
         """(len(classes), D) unit-norm class embeddings: the normalised mean of the normalised prompt embeddings
-        (CLIP's prompt ensembling). Training uses the first ``train_templates`` templates; eval uses all, cached."""
+        (CLIP's prompt ensembling). Training uses the first ``train_templates`` templates; eval uses all, cached when no gradient is taken
+        (EWC-style importance passes run in eval mode with gradients and must get a fresh graph each batch)."""
         key = tuple(int(c) for c in classes)
-        if not self.training and key in self._text_cache:
+        cache = not self.training and not torch.is_grad_enabled()  # a graph-carrying tensor must not be reused
+        if cache and key in self._text_cache:
             return self._text_cache[key]
         n = self.train_templates if self.training else 10**6
         tokens = [self._prompt_tokens(c, n) for c in key]
@@ -173,7 +175,7 @@ class CLIPTaskModel(TaskModel):
         sizes = [len(t) for t in tokens]
         feats = torch.stack([chunk.mean(0) for chunk in emb.split(sizes)])
         feats = F.normalize(feats, dim=-1)
-        if not self.training:
+        if cache:
             self._text_cache[key] = feats
         return feats
 
