@@ -54,7 +54,8 @@ class OffsetLabels(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = self.dataset[i]
-        return {"x": item["x"], "y": int(item["y"]) + self.offset}
+        # a 0-dim int64 tensor, like every classification dataset here, so mixed datasets (replay buffers) collate
+        return {"x": item["x"], "y": torch.tensor(int(item["y"]) + self.offset)}
 
 
 class ClipScenario(Scenario):

@@ -161,3 +161,24 @@ def test_text_cache_is_not_reused_when_gradients_flow():
     with torch.no_grad():
         first = model.text_features(task.classes)
         assert model.text_features(task.classes) is first  # cached under no_grad
+
+
+def test_a_batch_mixing_tasks_scores_each_sample_within_its_own_task():
+    """Joint training and replay mix domains in one batch: the loss is the sample-weighted mean of the per-task
+    losses (MTIL scores a sample within its own domain's classes), label smoothing included."""
+    from cl_suite import registry
+    from cl_suite.api import Context
+    from cl_suite.config import TrainConfig
+
+    scenario = registry.load("scenario", "clip-tiny")(tiny=True)
+    tasks = scenario.tasks()
+    model = scenario.build_model(Context(torch.device("cpu"), torch.float32, 0, 2, "til", TrainConfig(), None))
+    model.label_smoothing = 0.2
+    for task in tasks:
+        model.on_task_start(task)
+    parts = [{"x": torch.stack([t.train[i]["x"] for i in range(n)]),
+              "y": torch.tensor([t.train[i]["y"] for i in range(n)])} for t, n in zip(tasks, (3, 2))]  # fmt: skip
+    mixed = {k: torch.cat([p[k] for p in parts]) for k in ("x", "y")}
+    with torch.no_grad():
+        expected = (3 * model.loss(parts[0], tasks[0]) + 2 * model.loss(parts[1], tasks[1])) / 5
+        assert torch.isclose(model.loss(mixed, tasks[1]), expected, rtol=1e-5)

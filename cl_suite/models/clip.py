@@ -201,6 +201,13 @@ class CLIPTaskModel(TaskModel):
             return self.seen.nonzero().flatten().tolist()
         return list(range(len(self.class_names)))
 
+    def _class_task(self, device: torch.device) -> torch.Tensor:
+        """Global class id -> index of the task that introduces it (-1 if none)."""
+        owner = torch.full((len(self.class_names),), -1, dtype=torch.long, device=device)
+        for t, classes in enumerate(self.task_classes):
+            owner[list(classes)] = t
+        return owner
+
     def predict(self, batch: Batch, task_id: int | None) -> torch.Tensor:
         """Scores over the global label space; classes outside the allowed set get the dtype's minimum."""
         classes = self._allowed(task_id)
@@ -209,15 +216,31 @@ class CLIPTaskModel(TaskModel):
         return full.index_copy(1, torch.tensor(classes, device=scores.device), scores)
 
     def loss(self, batch: Batch, task: Task) -> torch.Tensor:
-        """Image->text cross-entropy over the allowed classes, plus ``text_loss`` x text->image cross-entropy."""
-        classes = list(task.classes) if self.loss_classes == "task" else self.seen.nonzero().flatten().tolist()
-        lookup = torch.full((len(self.class_names),), -1, dtype=torch.long, device=batch["y"].device)
+        """Image->text cross-entropy over the allowed classes, plus ``text_loss`` x text->image cross-entropy.
+
+        ``loss_classes="task"`` (MTIL, X-TAIL): each sample is scored within its own task's classes, so a batch
+        that mixes tasks (joint training, replay) is handled as the protocol means: one cross-entropy per task
+        present, weighted by its samples. ``"seen"``: every sample over all seen classes."""
+        y = batch["y"]
+        image = self.features(batch)
+        if self.loss_classes != "task":
+            return self._group_loss(image, y, self.seen.nonzero().flatten().tolist(), task)
+        sample_task = self._class_task(y.device)[y]
+        if bool((sample_task < 0).any()):
+            raise ValueError(f"a label in a batch of task {task.name!r} belongs to no task of the protocol")
+        total = image.new_zeros(())
+        for t in sample_task.unique().tolist():
+            rows = sample_task == t
+            total = total + rows.sum() * self._group_loss(image[rows], y[rows], list(self.task_classes[t]), task)
+        return total / len(y)
+
+    def _group_loss(self, image: torch.Tensor, y: torch.Tensor, classes: list[int], task: Task) -> torch.Tensor:
+        lookup = torch.full((len(self.class_names),), -1, dtype=torch.long, device=y.device)
         lookup[classes] = torch.arange(len(classes), device=lookup.device)
-        target = lookup[batch["y"]]
+        target = lookup[y]
         if bool((target < 0).any()):
             raise ValueError(f"a label of task {task.name!r} is outside the classes the loss allows")
-        image, text = self.features(batch), self.text_features(classes)
-        logits = self._scale() * image @ text.T
+        logits = self._scale() * image @ self.text_features(classes).T
         loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
         if self.text_loss > 0:
             present = target.unique()
