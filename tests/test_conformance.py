@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import resume_from_first_checkpoint
 
 from cl_suite import config, registry, results, runner
 from cl_suite.api import incompatibility
@@ -60,10 +60,5 @@ def test_runs_and_resumes(scenario, strategy, results_root):
 
     if T < 2:
         return
-    copy = results_root / "runs" / "resumed"
-    shutil.copytree(store.path, copy)
-    (copy / "checkpoints" / "task-001.pt").unlink()
-    results.RunStore(copy).update(status="running", run_id="resumed")
-    runner.resume(copy, out=io.StringIO(), progress=False)
-    resumed, _ = _matrix(copy)
+    resumed, _ = _matrix(resume_from_first_checkpoint(store.path))
     np.testing.assert_array_equal(resumed, R)

@@ -15,16 +15,6 @@ PROMPTS = ["Which topic? Line: a loop in Python", "2 + 2 =", "Say yes."]
 ANSWERS = ["coding", "4", "yes"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tiny models gain nothing from more, and a shared CPU makes extra threads very slow."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_model(**kwargs) -> LLMTaskModel:
     torch.manual_seed(0)

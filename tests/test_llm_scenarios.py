@@ -23,17 +23,6 @@ from scenarios.llm_sequences import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tiny models gain nothing from more, and a shared CPU makes extra threads very slow."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run(raw: dict, overrides: dict, root):
     cfg = config.resolve(raw, overrides)
     store = runner.start(cfg, root, out=io.StringIO(), progress=False)

@@ -6,16 +6,15 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
+from conftest import eval_rows, resume_from_first_checkpoint
 from torch import nn
 
 import cl_suite.adapters.linear as adapter_linear_module
-from cl_suite import config, results, runner
+from cl_suite import config, runner
 from cl_suite.adapters import AdapterLinear
 from cl_suite.config import TrainConfig
 from strategies.mora import MoRA, MoRAConfig, layer_kwargs, resolve_defaults
@@ -199,13 +198,8 @@ def test_digits_tiny_old_atoms_stay_bit_identical_and_resume_matches(tmp_path):
     assert any(not torch.equal(after0[k.replace(".1.", ".0.")], torch.zeros_like(after0[k.replace(".1.", ".0.")]))
                for k in new_b), "the first task's atoms did not train"  # fmt: skip
 
-    copy = tmp_path / "runs" / "resumed"
-    shutil.copytree(store.path, copy)
-    (copy / "checkpoints" / "task-001.pt").unlink()
-    results.RunStore(copy).update(status="running", run_id="resumed")
-    runner.resume(copy, out=io.StringIO(), progress=False)
-    evals = lambda p: sorted((e["after_task"], e["eval_task"], e["metric"], e["value"]) for e in results.load_run(p)[1])  # noqa: E731
-    np.testing.assert_array_equal(np.array(evals(copy)), np.array(evals(store.path)))
+    copy = resume_from_first_checkpoint(store.path)
+    assert eval_rows(copy) == eval_rows(store.path)
 
 
 def test_bench_mora_reports_the_layer_against_the_frozen_linear(capsys):
