@@ -20,8 +20,8 @@ import torch
 from cl_suite.api import Context, Scenario, Task, TaskModel
 from cl_suite.avalanche_bridge import from_avalanche, require_avalanche
 from cl_suite.data import stratified_split
-from cl_suite.models.classifier import ClassifierModel, evaluate_accuracy
-from cl_suite.models.tiny_vit import TinyViT
+from cl_suite.models.classifier import evaluate_accuracy
+from scenarios.digits import digit_tensors, tiny_vit_classifier, tiny_vit_name
 
 __all__ = ["AvalancheDigits", "AvalancheScenario", "from_avalanche"]
 
@@ -91,16 +91,11 @@ class AvalancheDigits(AvalancheScenario):
 
     @property
     def backbone(self) -> str:
-        c = self.config
-        return f"tiny-vit(d={c.dim},depth={c.depth},patch={c.patch})"
+        return tiny_vit_name(self.config)
 
     def benchmark(self) -> Any:
-        from sklearn.datasets import load_digits
-
         benchmarks = require_avalanche("avalanche.benchmarks")
-        images, labels = load_digits(return_X_y=True)
-        x = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-        y = torch.tensor(labels, dtype=torch.long)
+        x, y, labels = digit_tensors()
         train_idx, test_idx = stratified_split(labels, self.config.test_fraction, self.config.split_seed)
         train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
         return benchmarks.nc_benchmark(
@@ -110,7 +105,4 @@ class AvalancheDigits(AvalancheScenario):
         )  # fmt: skip
 
     def build_model(self, ctx: Context) -> TaskModel:
-        c = self.config
-        backbone = TinyViT(image_size=8, patch=c.patch, channels=1, dim=c.dim, depth=c.depth, heads=c.heads)
-        task_classes = [t.classes for t in self.tasks()]
-        return ClassifierModel(backbone, c.dim, task_classes, num_classes=10, backbone_name=self.backbone)
+        return tiny_vit_classifier(self.config, [t.classes for t in self.tasks()])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cl_suite.api import Context, Scenario, Task, TaskModel
@@ -55,15 +56,10 @@ class DigitsTiny(Scenario):
 
     @property
     def backbone(self) -> str:
-        c = self.config
-        return f"tiny-vit(d={c.dim},depth={c.depth},patch={c.patch})"
+        return tiny_vit_name(self.config)
 
     def tasks(self) -> list[Task]:
-        from sklearn.datasets import load_digits
-
-        images, labels = load_digits(return_X_y=True)
-        x = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-        y = torch.tensor(labels, dtype=torch.long)
+        x, y, labels = digit_tensors()
         train_idx, test_idx = stratified_split(labels, self.config.test_fraction, self.config.split_seed)
         limit = TINY_EXAMPLES if self.tiny else None
         tasks = []
@@ -77,9 +73,27 @@ class DigitsTiny(Scenario):
         return tasks
 
     def build_model(self, ctx: Context) -> TaskModel:
-        c = self.config
-        backbone = TinyViT(image_size=8, patch=c.patch, channels=1, dim=c.dim, depth=c.depth, heads=c.heads)
-        return ClassifierModel(backbone, c.dim, self.task_classes, num_classes=10, backbone_name=self.backbone)
+        return tiny_vit_classifier(self.config, self.task_classes)
 
     def evaluate(self, predict, task: Task, ctx: Context) -> dict[str, float]:
         return evaluate_accuracy(predict, task, ctx)
+
+
+def digit_tensors() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """scikit-learn's bundled digits: images (N, 1, 8, 8) scaled to [0, 1], labels as a tensor and as numpy."""
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    x = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    return x, torch.tensor(labels, dtype=torch.long), labels
+
+
+def tiny_vit_name(c) -> str:
+    """The backbone id of a digits tiny ViT (a config with dim, depth, patch)."""
+    return f"tiny-vit(d={c.dim},depth={c.depth},patch={c.patch})"
+
+
+def tiny_vit_classifier(c, task_classes) -> ClassifierModel:
+    """The digits model: a tiny ViT from scratch under a 10-class head (a config with dim, depth, heads, patch)."""
+    backbone = TinyViT(image_size=8, patch=c.patch, channels=1, dim=c.dim, depth=c.depth, heads=c.heads)
+    return ClassifierModel(backbone, c.dim, task_classes, num_classes=10, backbone_name=tiny_vit_name(c))

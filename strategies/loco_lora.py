@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cl_suite.adapters import AdapterLinear, inject
+from cl_suite.adapters import AdapterLinear, bank_parameters, inject
 from cl_suite.api import Batch, Context, Strategy, Task, TaskModel
 
 
@@ -128,7 +128,7 @@ class LoCoLoRA(Strategy):
 
     # -- reporting -----------------------------------------------------------------------------------------------
     def added_inference_parameters(self) -> int:
-        return sum(p.numel() for layer in self._layers() for p in layer.adapter_parameters(trainable_only=False))
+        return sum(p.numel() for p in bank_parameters(self._layers(), trainable_only=False))
 
     def strategy_stats(self) -> dict[str, Any]:
         return {"lora_tasks": len(self.group_of), "adapted_layers": len(self.layer_names),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cl_suite.adapters import AdapterLinear, inject
+from cl_suite.adapters import AdapterLinear, bank_parameters, inject
 from cl_suite.api import Context, Strategy, Task, TaskModel
 
 
@@ -66,11 +66,11 @@ class LoRAAdapters(Strategy):
                 layer.merge_groups()
 
     def trainable_parameters(self):
-        params = [p for layer in self.layers.values() for p in layer.adapter_parameters()]
+        params = bank_parameters(self.layers.values())
         return iter(params + [p for p in self.model.head_parameters() if p.requires_grad])
 
     def added_inference_parameters(self) -> int:
-        return sum(p.numel() for layer in self.layers.values() for p in layer.adapter_parameters(False))
+        return sum(p.numel() for p in bank_parameters(self.layers.values(), trainable_only=False))
 
     def strategy_stats(self) -> dict:
         layer = next(iter(self.layers.values()), None)

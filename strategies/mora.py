@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from cl_suite.adapters import AdapterLinear, inject
+from cl_suite.adapters import AdapterLinear, bank_parameters, inject
 from cl_suite.api import Context, Strategy, Task, TaskModel
 
 FAMILIES = {
@@ -156,7 +156,7 @@ class MoRA(Strategy):
         self._counts = {}  # the evaluation that follows is what strategy_stats reports
 
     def trainable_parameters(self):
-        params = [p for layer in self.layers.values() for p in layer.adapter_parameters()]
+        params = bank_parameters(self.layers.values())
         return iter(params + [p for p in self.model.head_parameters() if p.requires_grad])
 
     def configure_optimizer(self, params) -> torch.optim.Optimizer:
@@ -184,7 +184,7 @@ class MoRA(Strategy):
         return hook
 
     def added_inference_parameters(self) -> int:
-        return sum(p.numel() for layer in self.layers.values() for p in layer.adapter_parameters(False))
+        return sum(p.numel() for p in bank_parameters(self.layers.values(), trainable_only=False))
 
     def strategy_stats(self) -> dict:
         layer = next(iter(self.layers.values()), None)

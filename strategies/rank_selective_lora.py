@@ -44,7 +44,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from cl_suite.adapters import AdapterLinear, inject
+from cl_suite.adapters import AdapterLinear, bank_parameters, inject
 from cl_suite.api import Context, Strategy, Task, TaskModel
 
 PROX_MODES = ("official", "soft")
@@ -193,12 +193,12 @@ class RankSelectiveLoRA(Strategy):
         return super().configure_optimizer(params)
 
     def trainable_parameters(self):
-        params = [p for layer in self.layers.values() for p in layer.adapter_parameters()]
+        params = bank_parameters(self.layers.values())
         return iter(params + [p for p in self.model.head_parameters() if p.requires_grad])
 
     # -- reporting -------------------------------------------------------------------------------------------
     def added_inference_parameters(self) -> int:
-        return sum(p.numel() for layer in self.layers.values() for p in layer.adapter_parameters(False))
+        return sum(p.numel() for p in bank_parameters(self.layers.values(), trainable_only=False))
 
     def strategy_stats(self) -> dict:
         ranks = self._history[-1] if self._history else {}

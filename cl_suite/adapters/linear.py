@@ -18,6 +18,7 @@ then gone at zero inference cost) and pruned (dropped whole, or ranks dropped).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -206,3 +207,9 @@ class AdapterLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_features}->{self.out_features}, gate={self.gate_mode}, groups={len(self.groups)}, "
                 f"rank={self.rank}, merged={self.merged_groups}")  # fmt: skip
+
+
+def bank_parameters(layers: Iterable[AdapterLinear], trainable_only: bool = True) -> list[nn.Parameter]:
+    """The adapter parameters of several layers (frozen ones too with ``trainable_only=False``: what the bank adds
+    to the model at inference)."""
+    return [p for layer in layers for p in layer.adapter_parameters(trainable_only)]
