@@ -3,6 +3,8 @@
 ``adapter_linear`` computes ``y = x·Wᵀ (+ bias) + (act(x·A + b_down) ⊙ gate)·B (+ b_up)`` (spec:
 :mod:`cl_suite.kernels.reference`). Backend: Triton on CUDA, PyTorch elsewhere; the environment variable
 ``CL_SUITE_KERNELS=torch|triton`` (or the ``backend`` argument) forces one. Triton is imported only when chosen.
+The PyTorch backend folds the adapter into the weight when that is cheaper (:mod:`cl_suite.kernels.folded`: many
+tokens, identity activation, a shared gate, fp32) and otherwise runs the reference.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from functools import cache
 
 import torch
 
-from cl_suite.kernels.reference import ACTS, adapter_linear_reference
+from cl_suite.kernels.folded import adapter_linear_folded, fold_pays
+from cl_suite.kernels.reference import ACTS, adapter_linear_reference, check_args, gate_layout
 
 BACKENDS = ("auto", "torch", "triton")
 ENV_VAR = "CL_SUITE_KERNELS"
@@ -58,4 +61,8 @@ def adapter_linear(
         from cl_suite.kernels.triton_adapter import adapter_linear_triton
 
         return adapter_linear_triton(x, A, B, gate, **kwargs)
+    check_args(x, A, B, weight, act)
+    g, _ = gate_layout(x.shape, gate, A.shape[1])
+    if fold_pays(x, A, B, g, weight, act, down_bias):
+        return adapter_linear_folded(x, A, B, None if g is None else g.reshape(-1), weight, bias, up_bias)
     return adapter_linear_reference(x, A, B, gate, **kwargs)

@@ -1,0 +1,82 @@
+"""The folded PyTorch path (adapter folded into the weight for many tokens) against the reference spec."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cl_suite.kernels import adapter_linear
+from cl_suite.kernels.folded import adapter_linear_folded, fold_pays
+from cl_suite.kernels.reference import adapter_linear_reference, gate_layout
+
+D_IN, D_OUT, R = 24, 20, 6
+
+
+def operands(dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    t = lambda *s: torch.randn(*s, generator=gen, dtype=dtype).requires_grad_(True)  # noqa: E731
+    return {"x": t(3, 40, D_IN), "weight": t(D_OUT, D_IN), "bias": t(D_OUT), "A": t(D_IN, R), "B": t(R, D_OUT),
+            "up_bias": t(D_OUT)}  # fmt: skip
+
+
+def graph_nodes(y: torch.Tensor) -> set[str]:
+    seen, todo = set(), [y.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and type(fn).__name__ not in seen:
+            seen.add(type(fn).__name__)
+            todo += [f for f, _ in fn.next_functions]
+    return seen
+
+
+@pytest.mark.parametrize("gate_shape", [None, (R,), (1, R)], ids=["no-gate", "shared", "one-sample"])
+def test_folded_forward_and_every_gradient_match_the_reference(gate_shape):
+    ops = operands()
+    x = ops["x"][:1] if gate_shape == (1, R) else ops["x"]  # a per-sample gate of a batch of one is shared
+    gate = None if gate_shape is None else torch.randn(*gate_shape, dtype=torch.float64).requires_grad_(True)
+    kw = {"weight": ops["weight"], "bias": ops["bias"], "up_bias": ops["up_bias"]}
+    assert fold_pays(x, ops["A"], ops["B"], gate_layout(x.shape, gate, R)[0], ops["weight"], "identity", None)
+    y = adapter_linear(x, ops["A"], ops["B"], gate, backend="torch", **kw)
+    assert "FoldedAdapterBackward" in graph_nodes(y)  # it went through the folded op
+    want = adapter_linear_reference(x, ops["A"], ops["B"], gate, **kw)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    inputs = [x, ops["A"], ops["B"], *kw.values(), *([gate] if gate is not None else [])]
+    dy = torch.randn_like(y)
+    for got, expected in zip(torch.autograd.grad(y, inputs, dy), torch.autograd.grad(want, inputs, dy), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_folded_backward_passes_gradcheck():
+    ops = operands()
+    g = torch.randn(R, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w, b, A, B, g: adapter_linear_folded(x, A, B, g, w, b, None)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (ops["x"][:1, :9], ops["weight"], ops["bias"], ops["A"], ops["B"], g))
+
+
+def test_frozen_adapter_still_gives_the_input_gradient():
+    ops = operands()
+    x, (A, B, W) = ops["x"], (ops[k].detach() for k in ("A", "B", "weight"))
+    (dx,) = torch.autograd.grad(adapter_linear_folded(x, A, B, None, W, None, None).sum(), [x])
+    (want,) = torch.autograd.grad(adapter_linear_reference(x, A, B, weight=W).sum(), [x])
+    torch.testing.assert_close(dx, want, rtol=1e-12, atol=1e-12)
+
+
+def test_zero_adapter_leaves_the_base_output_bitwise():
+    ops = {k: v.detach() for k, v in operands(torch.float32).items()}
+    y = adapter_linear(ops["x"], ops["A"], torch.zeros(R, D_OUT), None, weight=ops["weight"], bias=ops["bias"],
+                       backend="torch")  # fmt: skip
+    assert torch.equal(y, torch.nn.functional.linear(ops["x"], ops["weight"], ops["bias"]))
+
+
+def test_fold_is_chosen_only_where_it_is_exact_and_cheaper():
+    ops = {k: v.detach() for k, v in operands(torch.float32).items()}
+    x, A, B, W = ops["x"], ops["A"], ops["B"], ops["weight"]
+    shared = gate_layout(x.shape, torch.ones(R), R)[0]
+    assert fold_pays(x, A, B, None, W, "identity", None) and fold_pays(x, A, B, shared, W, "identity", None)
+    assert not fold_pays(x[:1, :5], A, B, None, W, "identity", None)  # 5 tokens: the adapter is cheaper unfolded
+    per_token = gate_layout(x.shape, torch.ones(3, 40, R), R)[0]
+    assert not fold_pays(x, A, B, per_token, W, "identity", None)  # a per-token gate cannot be folded
+    assert not fold_pays(x, A, B, None, W, "relu", None)
+    assert not fold_pays(x, A, B, None, W, "identity", torch.zeros(R))  # a down bias sits inside the activation
+    assert not fold_pays(x, A, B, None, None, "identity", None)  # no base weight (SEMA's adapter-only path)
+    assert not fold_pays(x.half(), A.half(), B.half(), None, W.half(), "identity", None)  # ΔW would round away
