@@ -96,18 +96,23 @@ def cmd_sweep(args) -> int:
     )  # fmt: skip
 
 
-def cmd_bench_kernels(args) -> int:
-    from cl_suite.kernels import bench
-
+def _print_bench(module, args, **kwargs) -> int:
+    """Run ``module.run_bench`` (bad device or shapes become usage errors), print its table, say where the CSV went."""
     try:
-        rows = bench.run_bench(args.device, csv_path=args.csv, full=args.full, reps=args.reps,
-                               progress=lambda line: print(line, file=sys.stderr))  # fmt: skip
+        rows = module.run_bench(args.device, csv_path=args.csv, reps=args.reps,
+                                progress=lambda line: print(line, file=sys.stderr), **kwargs)  # fmt: skip
     except (ValueError, RuntimeError) as e:
         raise UsageError(str(e)) from e
-    print(bench.render(rows, args.device))
+    print(module.render(rows, args.device))
     if args.csv:
         print(f"saved {args.csv}")
     return 0
+
+
+def cmd_bench_kernels(args) -> int:
+    from cl_suite.kernels import bench
+
+    return _print_bench(bench, args, full=args.full)
 
 
 def cmd_bench_mora(args) -> int:
@@ -117,16 +122,7 @@ def cmd_bench_mora(args) -> int:
         tasks = tuple(int(t) for t in args.tasks.split(","))
     except ValueError as e:
         raise UsageError(f"--tasks must be comma-separated integers such as 1,5,10, got {args.tasks!r}") from e
-    try:
-        rows = bench_mora.run_bench(args.device, d=args.d, tokens=args.tokens, rank=args.rank, topk=args.topk,
-                                    tasks=tasks, reps=args.reps, csv_path=args.csv,
-                                    progress=lambda line: print(line, file=sys.stderr))  # fmt: skip
-    except (ValueError, RuntimeError) as e:
-        raise UsageError(str(e)) from e
-    print(bench_mora.render(rows, args.device))
-    if args.csv:
-        print(f"saved {args.csv}")
-    return 0
+    return _print_bench(bench_mora, args, d=args.d, tokens=args.tokens, rank=args.rank, topk=args.topk, tasks=tasks)
 
 
 def app_command(root: Path, port: int) -> tuple[list[str], dict[str, str]]:

@@ -80,3 +80,23 @@ def test_fold_is_chosen_only_where_it_is_exact_and_cheaper():
     assert not fold_pays(x, A, B, None, W, "identity", torch.zeros(R))  # a down bias sits inside the activation
     assert not fold_pays(x, A, B, None, None, "identity", None)  # no base weight (SEMA's adapter-only path)
     assert not fold_pays(x.half(), A.half(), B.half(), None, W.half(), "identity", None)  # ΔW would round away
+
+
+def test_bench_kernels_prints_the_table_the_targets_and_a_csv(monkeypatch, tmp_path, capsys):
+    from cl_suite import cli
+    from cl_suite.kernels import bench
+
+    monkeypatch.setattr(bench, "DIMS", (16,))
+    monkeypatch.setattr(bench, "RANKS", (4,))
+    monkeypatch.setattr(bench, "TOKENS", (1, 40))
+    monkeypatch.setattr(bench, "TARGETS", (("target: small", 16, 8, 4, 64, None), ("target: merged", 16, 8, 4, 64, 1)))
+    case = bench._case(torch.device("cpu"), torch.float64, 16, 8, 4, 64, 1)
+    fns = bench._variants(torch.device("cpu"), *case, backward=False)
+    torch.testing.assert_close(fns["op"](), fns["loop"]())  # merged + live groups compute what the loop computes
+    csv_path = tmp_path / "k.csv"
+    assert cli.main(["bench", "kernels", "--reps", "1", "--csv", str(csv_path)]) == 0
+    out = capsys.readouterr().out
+    assert "loop/op" in out and "target: merged fwd+bwd: op/linear" in out and "(>= 3x: " in out
+    assert len(csv_path.read_text().splitlines()) == 1 + 2 * 4  # header + (2 grid + 2 target shapes) x (fwd, fwd+bwd)
+    if not torch.cuda.is_available():
+        assert cli.main(["bench", "kernels", "--device", "cuda"]) == 2  # a usage error, not a traceback

@@ -26,6 +26,8 @@ from cl_suite.kernels import adapter_linear
 from cl_suite.kernels.reference import adapter_linear_loop, adapter_linear_reference
 
 DIMS, RANKS, TOKENS, GROUPS = (768, 4096), (8, 64, 256), (1, 16, 512, 8192), 4
+# the issue's layer-level check: (name, d, total rank, groups, N, live groups or None for all)
+TARGETS = (("target: 10x16 live", 768, 160, 10, 4096, None), ("target: 9 merged + 1 live", 768, 160, 10, 4096, 1))
 CPU_MAX_TOKENS = 512  # the d=4096, N=8192 linear takes seconds per call on a small CPU; --full includes it
 
 
@@ -139,7 +141,7 @@ def run_bench(device: str = "cpu", csv_path: str | Path | None = None, full: boo
     timer = _timer(dev, reps)
     max_tokens = max(TOKENS) if (full or dev.type == "cuda") else CPU_MAX_TOKENS
     cases = [("grid", d, r, GROUPS, n, None) for d, r, n in itertools.product(DIMS, RANKS, TOKENS) if n <= max_tokens]
-    cases += [("target: 10x16 live", 768, 160, 10, 4096, None), ("target: 9 merged + 1 live", 768, 160, 10, 4096, 1)]
+    cases += list(TARGETS)
     rows = []
     for i, (name, d, rank, groups, n, live) in enumerate(cases, 1):
         lin, weight, A, B, gate, factors, x = _case(dev, dtype, d, rank, groups, n, live)
@@ -180,4 +182,22 @@ def render(rows: list[Row], device: str) -> str:
     op = "Triton fused" if cuda else "PyTorch path (one op call, folded into W when cheaper)"
     note = f"op = {op}; loop = frozen linear + one shrink/expand per group; times are " + (
         "do_bench means" if cuda else "the min of interleaved repeats")
-    return tabulate(table, headers=headers, floatfmt=".3f") + "\n" + note
+    return "\n".join([tabulate(table, headers=headers, floatfmt=".3f"), note, *target_lines(rows, cuda)])
+
+
+def target_lines(rows: list[Row], cuda: bool) -> list[str]:
+    """The issue's targets checked against the measured rows: on a CPU the layer vs the frozen linear (<= 1.3x) and
+    vs the per-group loop (>= 3x); on CUDA the fused kernel vs unfused PyTorch at d=768, R=64 (>= 1.3x at N=8192
+    forward + backward, >= 2x at N <= 16)."""
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    lines = []
+    for r in rows:
+        if cuda and r.case == "grid" and (r.d, r.rank) == (768, 64) and r.unfused_vs_op is not None:
+            goal = 1.3 if r.tokens == 8192 and r.mode == "fwd+bwd" else 2.0 if r.tokens <= 16 else None
+            if goal is not None:
+                lines.append(f"target N={r.tokens} {r.mode}: unfused/fused {r.unfused_vs_op:.2f}x "
+                             f"(>= {goal}x: {verdict(r.unfused_vs_op >= goal)})")  # fmt: skip
+        elif not cuda and r.case.startswith("target"):
+            lines.append(f"{r.case} {r.mode}: op/linear {r.op_vs_linear:.2f}x (<= 1.3x: {verdict(r.op_vs_linear <= 1.3)})"
+                         f", loop/op {r.loop_vs_op:.2f}x (>= 3x: {verdict(r.loop_vs_op >= 3)})")  # fmt: skip
+    return lines
