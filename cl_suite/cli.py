@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="pretrain a project model (tiny-clip: the clip-tiny backbone, minutes on a CPU)")
     pre.add_argument("model", choices=["tiny-clip"])
-    pre.add_argument("--steps", type=int, help="optimizer steps (default: the committed weights' 600)")
+    pre.add_argument("--steps", type=int, help="optimizer steps (default: the committed weights' 900)")
     pre.add_argument("--seed", type=int, help="seed (default 0)")
     pre.add_argument("--out", help="weights file (default: the packaged cl_suite/models/weights/tiny_clip.pt)")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -2,9 +2,9 @@
 
 Deterministic: batch ``s`` is drawn from ``numpy.random.default_rng([seed, s])``, the model starts from
 ``torch.manual_seed(seed)``, and torch runs single-threaded with deterministic algorithms, so the same command on the
-same versions (torch, Pillow, open_clip) writes the same weights. The loss is CLIP's symmetric InfoNCE with one
-change: pairs whose captions are identical ("a photo of a face.") are all positives of each other (soft targets),
-because generated captions repeat within a batch. Reference: Radford et al. 2021 (CLIP), the open_clip training loss.
+same versions (torch, numpy, Pillow, scikit-image, open_clip) writes the same weights. The loss is CLIP's symmetric
+InfoNCE with one change: pairs whose captions are identical ("a photo of a face.") are all positives of each other
+(soft targets), because generated captions repeat within a batch. Reference: Radford et al. 2021 (CLIP), the open_clip training loss.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from cl_suite.models import tiny_clip, tiny_clip_data
 
 @dataclass
 class PretrainConfig:
-    steps: int = 600
+    steps: int = 900
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
