@@ -130,7 +130,6 @@ def test_zero_shot_row_equals_the_models_zero_shot_accuracy(tmp_path, scenario):
     assert set(record["summary"]) >= {"mtil_transfer", "mtil_avg", "mtil_last"}
 
 
-@pytest.mark.slow  # the full 4-domain stream: about 5 minutes on a 2-core CPU
 def test_finetune_on_clip_tiny_forgets_and_loses_transfer(tmp_path):
     """On the full stream (not --tiny: with two domains, training on digits happens to raise the shapes score),
     finetune forgets learnt domains and its MTIL Transfer falls below the zero-shot model's score on the same
