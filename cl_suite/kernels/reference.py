@@ -79,8 +79,10 @@ def adapter_linear_reference(
     x2 = x.reshape(-1, x.shape[-1])
     h = x2 @ A if down_bias is None else torch.addmm(down_bias, x2, A)
     s = activation(h, act)
-    if g is not None and g.shape[0] == 1:
-        B = g.to(B.dtype).t() * B  # a shared gate scales B's rows: R×d_out work instead of N×R
+    if g is not None and g.shape[0] == 1 and s.shape[0] >= d_out:
+        B = g.to(B.dtype).t() * B  # a shared gate scales B's rows when that is less work (R×d_out < N×R)
+    elif g is not None and g.shape[0] == 1:
+        s = s * g.to(s.dtype)
     elif g is not None:
         s = (s.view(-1, rows, rank) * g.to(s.dtype).unsqueeze(1)).view(-1, rank) if rows > 1 else s * g.to(s.dtype)
     if weight is None:
