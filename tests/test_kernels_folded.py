@@ -89,10 +89,11 @@ def test_bench_kernels_prints_the_table_the_targets_and_a_csv(monkeypatch, tmp_p
     monkeypatch.setattr(bench, "DIMS", (16,))
     monkeypatch.setattr(bench, "RANKS", (4,))
     monkeypatch.setattr(bench, "TOKENS", (1, 40))
-    monkeypatch.setattr(bench, "TARGETS", (("target: small", 16, 8, 4, 64, None), ("target: merged", 16, 8, 4, 64, 1)))
-    case = bench._case(torch.device("cpu"), torch.float64, 16, 8, 4, 64, 1)
-    fns = bench._variants(torch.device("cpu"), *case, backward=False)
-    torch.testing.assert_close(fns["op"](), fns["loop"]())  # merged + live groups compute what the loop computes
+    monkeypatch.setattr(bench, "TARGETS", (("target: small", 16, 8, 4, 64, 0, 2), ("target: merged", 16, 8, 4, 64, 3, 0)))
+    for merged, frozen in ((3, 0), (1, 2)):
+        case = bench._case(torch.device("cpu"), torch.float64, 16, 8, 4, 64, merged)
+        fns = bench._variants(torch.device("cpu"), *case, backward=False, merged=merged, frozen=frozen)
+        torch.testing.assert_close(fns["op"](), fns["loop"]())  # merged, frozen and live groups: what the loop computes
     csv_path = tmp_path / "k.csv"
     assert cli.main(["bench", "kernels", "--reps", "1", "--csv", str(csv_path)]) == 0
     out = capsys.readouterr().out
@@ -100,3 +101,52 @@ def test_bench_kernels_prints_the_table_the_targets_and_a_csv(monkeypatch, tmp_p
     assert len(csv_path.read_text().splitlines()) == 1 + 2 * 4  # header + (2 grid + 2 target shapes) x (fwd, fwd+bwd)
     if not torch.cuda.is_available():
         assert cli.main(["bench", "kernels", "--device", "cuda"]) == 2  # a usage error, not a traceback
+
+
+def frozen_bank(tokens: int, frozen: int, rank: int = 10, dtype=torch.float64):
+    """A bank whose first ``frozen`` ranks do not train (as AdapterLinear's leading frozen groups): returns the
+    op's operands and the trainable leaves."""
+    gen = torch.Generator().manual_seed(3)
+    t = lambda *s, grad: torch.randn(*s, generator=gen, dtype=dtype).requires_grad_(grad)  # noqa: E731
+    x, W, b = t(tokens, D_IN, grad=True), t(D_OUT, D_IN, grad=False), t(D_OUT, grad=False)
+    parts = [(t(D_IN, n, grad=g), t(n, D_OUT, grad=g), t(n, grad=g)) for n, g in ((frozen, False), (rank - frozen, True))]
+    A, B, g = (torch.cat([p[i] for p in parts], -1 if i != 1 else 0) for i in range(3))
+    return {"x": x, "A": A, "B": B, "gate": g, "weight": W, "bias": b}, [x, *parts[1]]
+
+
+def grads(y, leaves, dy):
+    return [torch.zeros_like(v) if d is None else d
+            for v, d in zip(leaves, torch.autograd.grad(y, leaves, dy, allow_unused=True), strict=True)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("tokens", "act"), [(120, "identity"), (120, "relu"), (3, "identity")],
+                         ids=["folded", "reference", "few-tokens"])  # fmt: skip
+@pytest.mark.parametrize("frozen", [0, 4, 10])
+def test_frozen_ranks_change_neither_the_output_nor_the_trainable_gradients(tokens, act, frozen):
+    ops, leaves = frozen_bank(tokens, frozen)
+    x, A, B, gate = ops.pop("x"), ops.pop("A"), ops.pop("B"), ops.pop("gate")
+    y = adapter_linear(x, A, B, gate, act=act, frozen_ranks=frozen, backend="torch", **ops)
+    want = adapter_linear_reference(x, A, B, gate, act=act, **ops)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    dy = torch.randn_like(y)
+    for got, expected in zip(grads(y, leaves, dy), grads(want, leaves, dy), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_adapter_linear_hands_its_leading_frozen_groups_to_the_op(monkeypatch):
+    from torch import nn
+
+    from cl_suite.adapters import AdapterLinear, linear
+
+    seen = []
+    monkeypatch.setattr(linear, "adapter_linear", lambda *a, **kw: seen.append(kw["frozen_ranks"]) or a[0])
+    for gate, expected in (("none", [0, 4, 6]), ("importance", [0, 4, 6]), ("topk", [0, 0, 0])):
+        layer = AdapterLinear(nn.Linear(D_IN, D_OUT), gate=gate)
+        layer.add_group(4), layer.add_group(2)
+        layer(torch.randn(2, D_IN))  # both train
+        layer.freeze_group(0)
+        layer(torch.randn(2, D_IN))  # the first 4 ranks are frozen
+        layer.freeze_group(1)
+        layer.add_group(3)
+        layer(torch.randn(2, D_IN))  # 4 + 2 frozen ranks, then a trainable group
+        assert seen[-3:] == expected, gate

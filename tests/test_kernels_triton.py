@@ -94,6 +94,26 @@ def test_fp16_matches_reference(path, act, gate_mode):
     assert_close(got, reference_fp32(ops, act), TOL[torch.float16], f"fp16 {path} {act} {gate_mode}")
 
 
+@needs_process
+@pytest.mark.parametrize("path", ["fused", "split"])
+def test_frozen_ranks_get_zero_gradients_and_the_rest_match(path):
+    """``frozen_ranks`` skips the gradient products of the leading ranks: their slots are zero, the output, dx and
+    every other gradient are the reference's."""
+    ops = make(torch.float32, "sample", seed=4)
+    k = 5
+    got = run(triton_op, ops, "gelu", path=path, blocks=BLOCKS, frozen_ranks=k)
+    want = reference_fp32(ops, "gelu")
+    names = [name for name, v in ops.items() if v is not None]
+    for i, name in enumerate(names, 1):  # zero the frozen slots of the expected rank-indexed gradients
+        if name in ("A", "gate", "down_bias"):
+            want[i] = want[i].clone()
+            want[i][..., :k] = 0
+        elif name == "B":
+            want[i] = want[i].clone()
+            want[i][:k] = 0
+    assert_close(got, want, TOL[torch.float32], f"frozen {path}")
+
+
 @pytest.mark.skipif(not _CUDA, reason="bf16 tl.dot is wrong under the Triton interpreter; GPU only")
 def test_bf16_matches_reference_on_cuda():
     ops = make(torch.bfloat16, "token")

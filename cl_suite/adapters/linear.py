@@ -11,8 +11,9 @@ a bank of ten adapters costs one op, not ten (the fragmentation LoRA-Switch meas
   the op, so this mode costs one extra shrink (``x·A``) ahead of the fused call.
 * ``router`` — a learned router per sample over groups (mixture of experts; mean over the sample's tokens).
 
-Groups can be frozen (no gradient, still computed), merged into the base weight (static gate modes only; the group is
-then gone at zero inference cost) and pruned (dropped whole, or ranks dropped).
+Groups can be frozen (still computed; with a static gate the op spends no gradient work on the leading frozen
+groups), merged into the base weight (static gate modes only; the group is then gone at zero inference cost) and
+pruned (dropped whole, or ranks dropped).
 """
 
 from __future__ import annotations
@@ -196,13 +197,25 @@ class AdapterLinear(nn.Module):
             return None
         return self._gate(x, self._factors()[0])
 
+    def frozen_prefix(self) -> int:
+        """Ranks of the leading groups that need no gradient, handed to the op so it spends no gradient work on
+        them. Zero for input-dependent gates (top-k, router): there every rank's gate depends on trainable ranks."""
+        if self.gate_mode not in ("none", "importance"):
+            return 0
+        ranks = 0
+        for g in self.groups:
+            if any(p.requires_grad for p in g.parameters()):
+                break
+            ranks += g.rank
+        return ranks
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.groups:
             return self.base(x)
         A, B = self._factors()
         gate = self._gate(x, A)
         return adapter_linear(x, A, B, gate, weight=self.base.weight, bias=self.base.bias, act=self.act,
-                              backend=self.backend)  # fmt: skip
+                              frozen_ranks=self.frozen_prefix(), backend=self.backend)  # fmt: skip
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}->{self.out_features}, gate={self.gate_mode}, groups={len(self.groups)}, "

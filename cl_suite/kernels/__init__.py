@@ -53,10 +53,13 @@ def _interpreting() -> bool:
 def adapter_linear(
     x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, gate: torch.Tensor | None = None, *,
     weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, act: str = "identity",
-    down_bias: torch.Tensor | None = None, up_bias: torch.Tensor | None = None, backend: str | None = None,
+    down_bias: torch.Tensor | None = None, up_bias: torch.Tensor | None = None, frozen_ranks: int = 0,
+    backend: str | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """One call of the adapter op, on the chosen backend. Arguments as :func:`adapter_linear_reference`."""
-    kwargs = {"weight": weight, "bias": bias, "act": act, "down_bias": down_bias, "up_bias": up_bias}
+    """One call of the adapter op, on the chosen backend. Arguments as :func:`adapter_linear_reference`;
+    ``frozen_ranks`` leading ranks (frozen groups of a static gate) cost no gradient work."""
+    kwargs = {"weight": weight, "bias": bias, "act": act, "down_bias": down_bias, "up_bias": up_bias,
+              "frozen_ranks": frozen_ranks}
     if resolve_backend(backend, x.device) == "triton":
         from cl_suite.kernels.triton_adapter import adapter_linear_triton
 
@@ -64,5 +67,5 @@ def adapter_linear(
     check_args(x, A, B, weight, act)
     g, _ = gate_layout(x.shape, gate, A.shape[1])
     if fold_pays(x, A, B, g, weight, act, down_bias):
-        return adapter_linear_folded(x, A, B, None if g is None else g.reshape(-1), weight, bias, up_bias)
+        return adapter_linear_folded(x, A, B, None if g is None else g.reshape(-1), weight, bias, up_bias, frozen_ranks)
     return adapter_linear_reference(x, A, B, gate, **kwargs)

@@ -6,8 +6,9 @@ dispatches it (folded into the weight when that is cheaper, cl_suite.kernels.fol
 frozen ``nn.Linear`` alone. Every row is timed forward only and forward + backward (gradients for x and the
 adapters; W frozen). Results print as a table and are saved as CSV.
 
-The two "target" rows are the layer-level check of the issue: one AdapterLinear with 10 groups × rank 16 at d=768,
-N=4096, with all groups live in one op, and as in continual learning (nine earlier groups merged into W, one live).
+The "target" rows are the layer-level check of the issue: one AdapterLinear with 10 groups × rank 16 at d=768,
+N=4096: all groups live and training; as in continual learning with the nine earlier groups kept but frozen (the op
+gets ``frozen_ranks``; the loop computes no gradient for them); and with the nine merged into W, one live.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ from cl_suite.kernels import adapter_linear
 from cl_suite.kernels.reference import adapter_linear_loop, adapter_linear_reference
 
 DIMS, RANKS, TOKENS, GROUPS = (768, 4096), (8, 64, 256), (1, 16, 512, 8192), 4
-# the issue's layer-level check: (name, d, total rank, groups, N, live groups or None for all)
-TARGETS = (("target: 10x16 live", 768, 160, 10, 4096, None), ("target: 9 merged + 1 live", 768, 160, 10, 4096, 1))
+# the issue's layer-level check: (name, d, total rank, groups, N, groups merged into W, groups frozen)
+TARGETS = (
+    ("target: 10x16 live", 768, 160, 10, 4096, 0, 0),
+    ("target: 9 frozen + 1 trainable", 768, 160, 10, 4096, 0, 9),
+    ("target: 9 merged + 1 live", 768, 160, 10, 4096, 9, 0),
+)
 CPU_MAX_TOKENS = 512  # the d=4096, N=8192 linear takes seconds per call on a small CPU; --full includes it
 
 
@@ -77,18 +82,17 @@ def _timer(device: torch.device, reps: int) -> Callable[[dict[str, Callable[[], 
     return cpu
 
 
-def _case(device, dtype, d: int, rank: int, groups: int, tokens: int, live: int | None = None):
-    """Operands for one shape: a frozen linear and ``groups`` groups (the last ``live`` of them un-merged)."""
+def _case(device, dtype, d: int, rank: int, groups: int, tokens: int, merged: int = 0):
+    """Operands for one shape: a frozen linear and ``groups`` groups, the first ``merged`` of them folded into W."""
     gen = torch.Generator().manual_seed(0)
     lin = nn.Linear(d, d).to(device, dtype).requires_grad_(False)
     r = max(rank // groups, 1)
     mk = lambda *s: (torch.randn(*s, generator=gen) * 0.02).to(device, dtype)  # noqa: E731
     factors = [(mk(d, r), mk(r, d), torch.full((r,), 2.0, device=device, dtype=dtype)) for _ in range(groups)]
-    live = groups if live is None else live
     weight = lin.weight.clone()
-    for A, B, g in factors[: groups - live]:  # merged groups: folded into the weight, as AdapterLinear.merge_groups
+    for A, B, g in factors[:merged]:  # merged groups: folded into the weight, as AdapterLinear.merge_groups
         weight += ((A * g) @ B).t()
-    kept = factors[groups - live :]
+    kept = factors[merged:]
     A = torch.cat([f[0] for f in kept], 1)
     B = torch.cat([f[1] for f in kept], 0)
     gate = torch.cat([f[2] for f in kept])
@@ -96,11 +100,15 @@ def _case(device, dtype, d: int, rank: int, groups: int, tokens: int, live: int 
     return lin, weight, A, B, gate, factors, x
 
 
-def _variants(device, lin, weight, A, B, gate, factors, x, backward: bool) -> dict[str, Callable[[], object]]:
-    params = [A, B, *[t for f in factors for t in f[:2]]]
+def _variants(device, lin, weight, A, B, gate, factors, x, backward: bool, merged: int = 0,
+              frozen: int = 0) -> dict[str, Callable[[], object]]:  # fmt: skip
+    """The timed callables. Merged groups and the first ``frozen`` live ones do not train (no gradient in the loop;
+    ``frozen_ranks`` for the op)."""
+    params = [A, B, *[t for f in factors[merged + frozen :] for t in f[:2]]]
     xs = x.clone()
     for t in (*params, xs):
         t.requires_grad_(backward)
+    kw = {"weight": weight, "bias": lin.bias, "frozen_ranks": frozen * factors[0][0].shape[1]}
 
     def run(fn):
         if not backward:
@@ -118,20 +126,20 @@ def _variants(device, lin, weight, A, B, gate, factors, x, backward: bool) -> di
 
     fns = {
         "linear": run(lambda: lin(xs)),
-        "op": run(lambda: adapter_linear(xs, A, B, gate, weight=weight, bias=lin.bias, backend="torch")),
+        "op": run(lambda: adapter_linear(xs, A, B, gate, backend="torch", **kw)),
         "loop": run(lambda: adapter_linear_loop(xs, lin.weight, lin.bias, factors)),
     }
     if device.type == "cuda":
         from cl_suite.kernels.triton_adapter import adapter_linear_triton
 
-        fns["unfused"] = run(lambda: adapter_linear_reference(xs, A, B, gate, weight=weight, bias=lin.bias))
-        fns["op"] = run(lambda: adapter_linear_triton(xs, A, B, gate, weight=weight, bias=lin.bias))
+        fns["unfused"] = run(lambda: adapter_linear_reference(xs, A, B, gate, **kw))
+        fns["op"] = run(lambda: adapter_linear_triton(xs, A, B, gate, **kw))
     return fns
 
 
 def run_bench(device: str = "cpu", csv_path: str | Path | None = None, full: bool = False, reps: int = 5,
               progress: Callable[[str], None] = print) -> list[Row]:  # fmt: skip
-    """Time every shape of the grid plus the two target rows; write the CSV if asked."""
+    """Time every shape of the grid plus the target rows; write the CSV if asked."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
@@ -140,13 +148,13 @@ def run_bench(device: str = "cpu", csv_path: str | Path | None = None, full: boo
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     timer = _timer(dev, reps)
     max_tokens = max(TOKENS) if (full or dev.type == "cuda") else CPU_MAX_TOKENS
-    cases = [("grid", d, r, GROUPS, n, None) for d, r, n in itertools.product(DIMS, RANKS, TOKENS) if n <= max_tokens]
-    cases += list(TARGETS)
+    grid = itertools.product(DIMS, RANKS, TOKENS)
+    cases = [("grid", d, r, GROUPS, n, 0, 0) for d, r, n in grid if n <= max_tokens] + list(TARGETS)
     rows = []
-    for i, (name, d, rank, groups, n, live) in enumerate(cases, 1):
-        lin, weight, A, B, gate, factors, x = _case(dev, dtype, d, rank, groups, n, live)
+    for i, (name, d, rank, groups, n, merged, frozen) in enumerate(cases, 1):
+        case = _case(dev, dtype, d, rank, groups, n, merged)
         for backward in (False, True):
-            t = timer(_variants(dev, lin, weight, A, B, gate, factors, x, backward))
+            t = timer(_variants(dev, *case, backward, merged, frozen))
             rows.append(Row(name, "fwd+bwd" if backward else "fwd", d, rank, groups, n, t["linear"], t["op"],
                             t.get("unfused"), t["loop"]))  # fmt: skip
         progress(f"[{i}/{len(cases)}] {name} d={d} R={rank} groups={groups} N={n}")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cl_suite.kernels.reference import pad_frozen
+
 
 def fold_pays(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, gate_rows: torch.Tensor | None, weight, act: str,
               down_bias) -> bool:  # fmt: skip
@@ -41,17 +43,20 @@ def _folded_weight(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, g: to
 
 
 class FoldedAdapter(torch.autograd.Function):
-    """``y = x2·(W + (A·diag(g)·B)ᵀ)ᵀ + bias`` with the hand-written backward of the module docstring."""
+    """``y = x2·(W + (A·diag(g)·B)ᵀ)ᵀ + bias`` with the hand-written backward of the module docstring; the first
+    ``frozen_ranks`` ranks are folded in but get no gradient work (their gradient slots are zeros)."""
 
     @staticmethod
-    def forward(ctx, x2, weight, bias, A, B, g):
+    def forward(ctx, x2, weight, bias, A, B, g, frozen_ranks):
         ctx.save_for_backward(x2, weight, A, B, g)
+        ctx.frozen_ranks = frozen_ranks
         return F.linear(x2, _folded_weight(weight, A, B, g), bias)
 
     @staticmethod
     def backward(ctx, dy):
         x2, weight, A, B, g = ctx.saved_tensors
-        need_x, need_w, need_bias, need_a, need_b, need_g = ctx.needs_input_grad
+        k = ctx.frozen_ranks
+        need_x, need_w, need_bias, need_a, need_b, need_g, _ = ctx.needs_input_grad
         dx = dw = dbias = dA = dB = dg = None
         if need_x:
             dx = dy @ _folded_weight(weight, A, B, g)
@@ -59,24 +64,27 @@ class FoldedAdapter(torch.autograd.Function):
             dw = dy.t() @ x2
         if need_bias:
             dbias = dy.sum(0)
+        At, Bt, gt = A[:, k:], B[k:], None if g is None else g[k:]  # the ranks that train
         if need_a or need_g:
-            u = dy @ B.t()  # (N, R)
+            u = dy @ Bt.t()  # (N, R - k)
             if need_a:
-                dA = x2.t() @ (u if g is None else u * g)
+                dA = pad_frozen(x2.t() @ (u if gt is None else u * gt), k, 1)
         if need_b or need_g:
-            h = x2 @ A
+            h = x2 @ At
             if need_b:
-                dB = (h if g is None else h * g).t() @ dy
+                dB = pad_frozen((h if gt is None else h * gt).t() @ dy, k, 0)
             if need_g:
-                dg = (h * u).sum(0)
-        return dx, dw, dbias, dA, dB, dg
+                dg = pad_frozen((h * u).sum(0), k, 0)
+        return dx, dw, dbias, dA, dB, dg, None
 
 
 def adapter_linear_folded(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, g: torch.Tensor | None,
-                          weight: torch.Tensor, bias: torch.Tensor | None,
-                          up_bias: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+                          weight: torch.Tensor, bias: torch.Tensor | None, up_bias: torch.Tensor | None,
+                          frozen_ranks: int = 0) -> torch.Tensor:  # fmt: skip
     """The op through the folded weight; ``g`` is ``(R,)`` or None. Callers check :func:`fold_pays` first."""
+    if not 0 <= frozen_ranks <= A.shape[1]:
+        raise ValueError(f"frozen_ranks must be in [0, {A.shape[1]}], got {frozen_ranks}")
     if up_bias is not None:
         bias = up_bias if bias is None else bias + up_bias
-    y = FoldedAdapter.apply(x.reshape(-1, x.shape[-1]), weight, bias, A, B, g)
+    y = FoldedAdapter.apply(x.reshape(-1, x.shape[-1]), weight, bias, A, B, g, frozen_ranks)
     return y.view(*x.shape[:-1], B.shape[1])

@@ -67,13 +67,46 @@ def check_args(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, weight: torch.
         raise ValueError(f"weight must be (d_out, d_in) = ({B.shape[1]}, {A.shape[0]}), got {tuple(weight.shape)}")
 
 
+def split_ranks(A: torch.Tensor, B: torch.Tensor, gate: torch.Tensor | None, down_bias: torch.Tensor | None,
+                frozen_ranks: int) -> tuple[tuple, tuple]:  # fmt: skip
+    """``(A, B, gate, down_bias)`` of ranks ``[0, frozen_ranks)``, detached, and of the remaining ranks as given.
+
+    The op is a sum over ranks (the activation and the gate act per rank), so frozen ranks can be computed apart
+    with no autograd graph: they still contribute to the output and to ``dx``, but no ``dA``/``dB``/``dgate`` work is
+    spent on them. The caller guarantees that those ranks do not need gradients (a static gate; frozen groups)."""
+    rank = A.shape[1]
+    if not 0 <= frozen_ranks <= rank:
+        raise ValueError(f"frozen_ranks must be in [0, {rank}], got {frozen_ranks}")
+
+    def part(lo: int, hi: int, detach: bool) -> tuple:
+        cut = lambda t, dim: None if t is None else t.narrow(dim, lo, hi - lo)  # noqa: E731
+        parts = (cut(A, 1), cut(B, 0), cut(gate, gate.dim() - 1 if gate is not None else 0), cut(down_bias, 0))
+        return tuple(None if t is None else t.detach() for t in parts) if detach else parts
+
+    return part(0, frozen_ranks, True), part(frozen_ranks, rank, False)
+
+
+def pad_frozen(t: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """``t`` with ``k`` zero slices before it along ``dim`` (the gradient slots of frozen ranks)."""
+    if k == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = k
+    return torch.cat([t.new_zeros(shape), t], dim)
+
+
 def adapter_linear_reference(
     x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, gate: torch.Tensor | None = None, *,
     weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, act: str = "identity",
-    down_bias: torch.Tensor | None = None, up_bias: torch.Tensor | None = None,
+    down_bias: torch.Tensor | None = None, up_bias: torch.Tensor | None = None, frozen_ranks: int = 0,
 ) -> torch.Tensor:  # fmt: skip
-    """The op in the input's dtype with standard PyTorch kernels (a handful of calls: linear, addmm, mul, addmm)."""
+    """The op in the input's dtype with standard PyTorch kernels (a handful of calls: linear, addmm, mul, addmm).
+    ``frozen_ranks``: the first ranks get no gradient work (:func:`split_ranks`)."""
     check_args(x, A, B, weight, act)
+    if frozen_ranks:
+        (Af, Bf, gf, bdf), (At, Bt, gt, bdt) = split_ranks(A, B, gate, down_bias, frozen_ranks)
+        y = adapter_linear_reference(x, Af, Bf, gf, weight=weight, bias=bias, act=act, down_bias=bdf, up_bias=up_bias)
+        return y if At.shape[1] == 0 else y + adapter_linear_reference(x, At, Bt, gt, act=act, down_bias=bdt)
     rank, d_out = B.shape
     g, rows = gate_layout(x.shape, gate, rank)
     x2 = x.reshape(-1, x.shape[-1])

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cl_suite.kernels.reference import check_args, gate_layout
+from cl_suite.kernels.reference import check_args, gate_layout, pad_frozen
 
 ACT_IDS = {"identity": 0, "relu": 1, "gelu": 2}
 SMALL_N = 128  # at or below this many tokens the one-launch fused path is used
@@ -208,11 +208,11 @@ def _launch(x, w, A, B, g, rows_per_gate, bd, pre, bias, bu, act, grad, store_h,
 
 class _FusedAdapter(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2, weight, bias, A, B, g, bd, bu, rows_per_gate, act, path, blocks):
+    def forward(ctx, x2, weight, bias, A, B, g, bd, bu, rows_per_gate, act, path, blocks, frozen_ranks):
         w = weight.t() if weight is not None else None  # (d_in, d_out) view: no copy, strides do the work
         y, pre = _launch(x2, w, A, B, g, rows_per_gate, bd, None, bias, bu, act, False, True, path, blocks)
         ctx.save_for_backward(x2, weight, A, B, g, pre)
-        ctx.rows_per_gate, ctx.act, ctx.path, ctx.blocks = rows_per_gate, act, path, blocks
+        ctx.rows_per_gate, ctx.act, ctx.path, ctx.blocks, ctx.frozen_ranks = rows_per_gate, act, path, blocks, frozen_ranks
         ctx.flags = (bias is not None, bd is not None, bu is not None)
         return y
 
@@ -233,17 +233,18 @@ class _FusedAdapter(torch.autograd.Function):
             gf = g.float()
             t = _apply_gate(t, gf, rows)
         s = _apply_gate(a, gf, rows) if g is not None else a
-        need = ctx.needs_input_grad
+        need, k = ctx.needs_input_grad, ctx.frozen_ranks
+        t, s, a, u = t[:, k:], s[:, k:], a[:, k:], u[:, k:]  # frozen ranks: no dA / dB / dgate work
         dW = dy.t().mm(x2).to(weight.dtype) if weight is not None and need[1] else None
         dbias = dy.float().sum(0).to(dy.dtype) if ctx.flags[0] and need[2] else None
-        dA = x2.t().float().mm(t).to(A.dtype) if need[3] else None
-        dB = s.t().mm(dy.float()).to(B.dtype) if need[4] else None
+        dA = pad_frozen(x2.t().float().mm(t).to(A.dtype), k, 1) if need[3] else None
+        dB = pad_frozen(s.t().mm(dy.float()).to(B.dtype), k, 0) if need[4] else None
         dg = None
         if g is not None and need[5]:
-            dg = (a * u).view(-1, rows, a.shape[1]).sum(1).to(g.dtype)
-        dbd = t.sum(0).to(A.dtype) if ctx.flags[1] and need[6] else None
+            dg = pad_frozen((a * u).reshape(-1, rows, a.shape[1]).sum(1).to(g.dtype), k, 1)
+        dbd = pad_frozen(t.sum(0).to(A.dtype), k, 0) if ctx.flags[1] and need[6] else None
         dbu = dy.float().sum(0).to(dy.dtype) if ctx.flags[2] and need[7] else None
-        return dx if need[0] else None, dW, dbias, dA, dB, dg, dbd, dbu, None, None, None, None
+        return dx if need[0] else None, dW, dbias, dA, dB, dg, dbd, dbu, None, None, None, None, None
 
 
 def _gelu_grad(h: torch.Tensor) -> torch.Tensor:
@@ -259,8 +260,8 @@ def _apply_gate(t: torch.Tensor, g: torch.Tensor, rows: int) -> torch.Tensor:
 def adapter_linear_triton(
     x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, gate: torch.Tensor | None = None, *,
     weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, act: str = "identity",
-    down_bias: torch.Tensor | None = None, up_bias: torch.Tensor | None = None, path: str = "auto",
-    blocks: tuple[int, int, int] | None = None,
+    down_bias: torch.Tensor | None = None, up_bias: torch.Tensor | None = None, frozen_ranks: int = 0,
+    path: str = "auto", blocks: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The fused op (same arguments as the reference). ``path``: auto | fused | split; ``blocks`` (M, N, K) is for
     tests that want to force several blocks per dimension."""
@@ -274,5 +275,7 @@ def adapter_linear_triton(
         return x.new_zeros(*x.shape[:-1], d_out)
     if g is not None and g.shape[0] * rows != x2.shape[0]:
         rows = x2.shape[0]  # a shared gate: one row covers every token
-    y = _FusedAdapter.apply(x2, weight, bias, A, B, g, down_bias, up_bias, rows, act, path, blocks)
+    if not 0 <= frozen_ranks <= rank:
+        raise ValueError(f"frozen_ranks must be in [0, {rank}], got {frozen_ranks}")
+    y = _FusedAdapter.apply(x2, weight, bias, A, B, g, down_bias, up_bias, rows, act, path, blocks, frozen_ranks)
     return y.view(*x.shape[:-1], d_out)
