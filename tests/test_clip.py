@@ -78,6 +78,11 @@ def test_predict_masks_classes_and_loss_trains_text_and_image(random_clip_path):
     assert model.clip.visual.conv1.proj.weight.grad.abs().sum() > 0
 
 
+def test_tiny_clip_digest_depends_on_the_weights_not_the_file_name(tmp_path):
+    model = tiny_clip.build(seed=1)
+    assert tiny_clip.save(model, tmp_path / "a.pt") == tiny_clip.save(model, tmp_path / "other_name.pt")
+
+
 def test_tiny_clip_weights_match_their_sha256():
     assert tiny_clip.WEIGHTS.stat().st_size <= 16 * 2**20
     expected = tiny_clip.WEIGHTS.with_name("tiny_clip.pt.sha256").read_text().split()[0]

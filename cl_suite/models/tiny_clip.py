@@ -9,6 +9,7 @@ with its sha256 in ``weights/tiny_clip.pt.sha256``); the pretraining command reg
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import torch
@@ -73,10 +74,13 @@ def sha256(path: Path) -> str:
 
 
 def save(model: torch.nn.Module, path: Path = WEIGHTS) -> str:
-    """Write the state dict in float16 and its sha256 file; returns the digest."""
+    """Write the state dict in float16 and its sha256 file; returns the digest. The bytes go through a buffer because
+    ``torch.save`` to a path names the zip archive after the file: the digest then depends only on the weights."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    torch.save(state, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path.write_bytes(buffer.getvalue())
     digest = sha256(path)
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
     return digest
