@@ -95,20 +95,19 @@ def describe(kind: str, name: str) -> PluginInfo:
 
     default_settings = SETTINGS if kind == "strategy" else ("?",)
     info = PluginInfo(name, ref, "", default_settings)
-    source = _module_source(module_name)
-    if source is None:
-        return info
-    classes = {node.name: node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)}
+    classes, _ = _module_classes(module_name)
     if attr not in classes:
         return info
     doc = (ast.get_docstring(classes[attr]) or "").strip().splitlines()
-    value = _inherited_literal(classes, attr, "supports" if kind == "strategy" else "setting")
+    value = _inherited_literal(module_name, attr, "supports" if kind == "strategy" else "setting")
     settings = default_settings if value is None else (value,) if isinstance(value, str) else tuple(sorted(value))
     return PluginInfo(name, ref, doc[0] if doc else "", settings)
 
 
-def _inherited_literal(classes: dict[str, ast.ClassDef], name: str, target: str, depth: int = 0):
-    """``target``'s literal in class ``name`` or, failing that, in its base classes defined in the same module."""
+def _inherited_literal(module_name: str, name: str, target: str, depth: int = 0):
+    """``target``'s literal in class ``name`` of ``module_name`` or, failing that, in its base classes: those defined
+    in the same module and those it imports by ``from package.module import Base`` (read, never imported)."""
+    classes, imports = _module_classes(module_name)
     node = classes.get(name)
     if node is None or depth > 10:
         return None
@@ -118,10 +117,23 @@ def _inherited_literal(classes: dict[str, ast.ClassDef], name: str, target: str,
             return value
     for base in node.bases:
         if isinstance(base, ast.Name):
-            value = _inherited_literal(classes, base.id, target, depth + 1)
+            origin = module_name if base.id in classes else imports.get(base.id)
+            value = None if origin is None else _inherited_literal(origin, base.id, target, depth + 1)
             if value is not None:
                 return value
     return None
+
+
+def _module_classes(module_name: str) -> tuple[dict[str, ast.ClassDef], dict[str, str]]:
+    """The top-level classes of a module's source, and the module each ``from X import Name`` name comes from."""
+    source = _module_source(module_name)
+    if source is None:
+        return {}, {}
+    body = ast.parse(source).body
+    classes = {node.name: node for node in body if isinstance(node, ast.ClassDef)}
+    imports = {alias.asname or alias.name: node.module for node in body
+               if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 for alias in node.names}  # fmt: skip
+    return classes, imports
 
 
 def _group(kind: str) -> str:

@@ -149,7 +149,6 @@ class FSCILScenario(Scenario):
 class FSCILTiny(FSCILScenario):
     """FSCIL on generated shape/colour images: 10 base classes + 5 x 2-way 5-shot, tiny ViT (seconds on a CPU)."""
 
-    setting = "fscil"  # a literal in each class body, so `cl-suite list` reads it without importing
     protocol = PROTOCOLS["fscil_tiny"]
     Config = TinyConfig
     train_defaults = {"epochs": 10, "batch_size": 32, "lr": 3e-3}
@@ -162,7 +161,6 @@ class FSCILTiny(FSCILScenario):
 class FSCILCifar100(FSCILScenario):
     """FSCIL CIFAR-100: 60 base classes + 8 x 5-way 5-shot (TOPIC/CEC lists), via torchvision."""
 
-    setting = "fscil"  # a literal in each class body, so `cl-suite list` reads it without importing
     protocol = PROTOCOLS["cifar100"]
     Config = CifarConfig
 
@@ -174,7 +172,6 @@ class FSCILCifar100(FSCILScenario):
 class FSCILMiniImageNet(FSCILScenario):
     """FSCIL miniImageNet: 60 base classes + 8 x 5-way 5-shot (CEC's version and lists), from a local folder."""
 
-    setting = "fscil"  # a literal in each class body, so `cl-suite list` reads it without importing
     protocol = PROTOCOLS["mini_imagenet"]
     Config = MiniImageNetConfig
 
@@ -185,7 +182,6 @@ class FSCILMiniImageNet(FSCILScenario):
 class FSCILCub200(FSCILScenario):
     """FSCIL CUB-200-2011: 100 base classes + 10 x 10-way 5-shot (TOPIC/CEC lists), from a local folder."""
 
-    setting = "fscil"  # a literal in each class body, so `cl-suite list` reads it without importing
     protocol = PROTOCOLS["cub200"]
     Config = CubConfig
 

@@ -81,3 +81,18 @@ def test_describe_follows_base_classes_in_the_same_module(tmp_path, monkeypatch)
     monkeypatch.syspath_prepend(str(tmp_path))
     info = registry.describe("scenario", "described_plugins:Child")
     assert (info.description, info.settings) == ("A child scenario.", ("seg",))
+
+
+def test_describe_follows_base_classes_imported_from_another_module(tmp_path, monkeypatch):
+    (tmp_path / "described_base.py").write_text(
+        "from cl_suite.api import Strategy\n"
+        "class Base(Strategy):\n    supports = frozenset({'til', 'dil'})\n"
+    )
+    (tmp_path / "described_child.py").write_text(
+        "from described_base import Base\nclass Child(Base):\n    '''A child strategy.'''\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    info = registry.describe("strategy", "described_child:Child")
+    assert (info.description, info.settings) == ("A child strategy.", ("dil", "til"))
+    assert "described_base" not in sys.modules and "described_child" not in sys.modules  # read, not imported
+    assert registry.describe("strategy", "avalanche-ewc").settings == ("cil", "dil", "fscil", "til")

@@ -26,8 +26,6 @@ class NaiveConfig:
 class AvalancheNaive(AvalancheStrategy):
     """Avalanche's Naive through the adapter: no plugin, so it must match finetune (the adapter's control)."""
 
-    supports = frozenset({"cil", "til", "dil", "fscil"})
-    requires = frozenset({"logits"})
     Config = NaiveConfig
     template = "Naive"
 
@@ -42,8 +40,6 @@ class EWCConfig:
 class AvalancheEWC(AvalancheStrategy):
     """Avalanche's EWC (EWCPlugin): a Fisher-weighted quadratic penalty towards past tasks' weights."""
 
-    supports = frozenset({"cil", "til", "dil", "fscil"})
-    requires = frozenset({"logits"})
     Config = EWCConfig
     template = "EWC"
 
@@ -57,8 +53,6 @@ class SIConfig:
 class AvalancheSI(AvalancheStrategy):
     """Avalanche's Synaptic Intelligence (SynapticIntelligencePlugin): path-integral importances."""
 
-    supports = frozenset({"cil", "til", "dil", "fscil"})
-    requires = frozenset({"logits"})
     Config = SIConfig
     template = "SynapticIntelligence"
 
@@ -72,8 +66,6 @@ class LwFConfig:
 class AvalancheLwF(AvalancheStrategy):
     """Avalanche's Learning without Forgetting (LwFPlugin): distil the previous model on old classes."""
 
-    supports = frozenset({"cil", "til", "dil", "fscil"})
-    requires = frozenset({"logits"})
     Config = LwFConfig
     template = "LwF"
     needs_outputs = True
@@ -87,8 +79,6 @@ class ReplayConfig:
 class AvalancheReplay(AvalancheStrategy):
     """Avalanche's experience replay (ReplayPlugin): train on the task plus an experience-balanced buffer."""
 
-    supports = frozenset({"cil", "til", "dil", "fscil"})
-    requires = frozenset({"logits"})
     Config = ReplayConfig
     template = "Replay"
 
@@ -102,8 +92,6 @@ class GEMConfig:
 class AvalancheGEM(AvalancheStrategy):
     """Avalanche's GEM (GEMPlugin): project the gradient so no past task's memory loss increases (QP)."""
 
-    supports = frozenset({"cil", "til", "dil", "fscil"})
-    requires = frozenset({"logits"})
     Config = GEMConfig
     template = "GEM"
 
@@ -117,8 +105,6 @@ class AGEMConfig:
 class AvalancheAGEM(AvalancheStrategy):
     """Avalanche's A-GEM (AGEMPlugin): project the gradient against one averaged memory gradient."""
 
-    supports = frozenset({"cil", "til", "dil", "fscil"})
-    requires = frozenset({"logits"})
     Config = AGEMConfig
     template = "AGEM"
 
@@ -131,8 +117,6 @@ class GDumbConfig:
 class AvalancheGDumb(AvalancheStrategy):
     """Avalanche's GDumb (GDumbPlugin): reset the model each task and train only on a class-balanced buffer."""
 
-    supports = frozenset({"cil", "til", "dil", "fscil"})
-    requires = frozenset({"logits"})
     Config = GDumbConfig
     template = "GDumb"
 
@@ -146,8 +130,6 @@ class MASConfig:
 class AvalancheMAS(AvalancheStrategy):
     """Avalanche's Memory Aware Synapses (MASPlugin): output-sensitivity importances, quadratic penalty."""
 
-    supports = frozenset({"cil", "til", "dil", "fscil"})
-    requires = frozenset({"logits"})
     Config = MASConfig
     template = "MAS"
     masked_view = False  # importances from the norm of the raw logits, as in Avalanche
