@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cl_suite.adapters import AdapterLinear, bank_parameters, inject
-from cl_suite.api import Context, Strategy, Task, TaskModel
+from cl_suite.adapters import AdapterBankStrategy, AdapterLinear, inject
+from cl_suite.api import Context, Task, TaskModel
 
 
 @dataclass
@@ -27,7 +27,7 @@ class LoRAConfig:
     merge: bool = False  # with per_task: fold each finished task's LoRA into the weights (no inference cost)
 
 
-class LoRAAdapters(Strategy):
+class LoRAAdapters(AdapterBankStrategy):
     """Shared machinery of the LoRA family: inject, grow a group per task, freeze, merge, rebuild on resume."""
 
     requires = frozenset({"linear_targets"})
@@ -64,13 +64,6 @@ class LoRAAdapters(Strategy):
             layer.freeze()
             if self.config.merge:
                 layer.merge_groups()
-
-    def trainable_parameters(self):
-        params = bank_parameters(self.layers.values())
-        return iter(params + [p for p in self.model.head_parameters() if p.requires_grad])
-
-    def added_inference_parameters(self) -> int:
-        return sum(p.numel() for p in bank_parameters(self.layers.values(), trainable_only=False))
 
     def strategy_stats(self) -> dict:
         layer = next(iter(self.layers.values()), None)

@@ -39,8 +39,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from cl_suite.adapters import AdapterLinear, bank_parameters, inject
-from cl_suite.api import Context, Strategy, Task, TaskModel
+from cl_suite.adapters import AdapterBankStrategy, AdapterLinear, inject
+from cl_suite.api import Context, Task, TaskModel
 
 FAMILIES = {
     "clip": {"rank": 16, "topk": 16, "temperature": 0.01, "threshold": 0.2, "scale": 1.0,
@@ -102,7 +102,7 @@ def layer_kwargs(hp: Resolved) -> dict:
     return {"gate": "topk", "topk": hp.topk, "temperature": hp.temperature, "threshold": hp.threshold}
 
 
-class MoRA(Strategy):
+class MoRA(AdapterBankStrategy):
     """A growing bank of rank-1 atoms per linear, self-activated per token by top-k of normalised projections."""
 
     supports = frozenset({"cil", "til", "dil", "fscil", "seg", "instr"})
@@ -155,10 +155,6 @@ class MoRA(Strategy):
             self._grow()
         self._counts = {}  # the evaluation that follows is what strategy_stats reports
 
-    def trainable_parameters(self):
-        params = bank_parameters(self.layers.values())
-        return iter(params + [p for p in self.model.head_parameters() if p.requires_grad])
-
     def configure_optimizer(self, params) -> torch.optim.Optimizer:
         train = self.ctx.train
         if train.optimizer == "adamw":
@@ -182,9 +178,6 @@ class MoRA(Strategy):
             counts[1] += int((gate != 0).sum())
 
         return hook
-
-    def added_inference_parameters(self) -> int:
-        return sum(p.numel() for p in bank_parameters(self.layers.values(), trainable_only=False))
 
     def strategy_stats(self) -> dict:
         layer = next(iter(self.layers.values()), None)

@@ -44,8 +44,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from cl_suite.adapters import AdapterLinear, bank_parameters, inject
-from cl_suite.api import Context, Strategy, Task, TaskModel
+from cl_suite.adapters import AdapterBankStrategy, AdapterLinear, inject
+from cl_suite.api import Context, Task, TaskModel
 
 PROX_MODES = ("official", "soft")
 
@@ -111,7 +111,7 @@ class RankSelectiveLoRAConfig:
     betas: tuple[float, float] = (0.9, 0.9999)  # AdamW / Adam betas of the official trainer
 
 
-class RankSelectiveLoRA(Strategy):
+class RankSelectiveLoRA(AdapterBankStrategy):
     """CoDyRA: per-task LoRA with a sparse learned rank importance (proximal steps), merged into the weights."""
 
     supports = frozenset({"cil", "til", "dil", "fscil", "seg", "instr"})
@@ -192,14 +192,7 @@ class RankSelectiveLoRA(Strategy):
             return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, betas=betas)
         return super().configure_optimizer(params)
 
-    def trainable_parameters(self):
-        params = bank_parameters(self.layers.values())
-        return iter(params + [p for p in self.model.head_parameters() if p.requires_grad])
-
     # -- reporting -------------------------------------------------------------------------------------------
-    def added_inference_parameters(self) -> int:
-        return sum(p.numel() for p in bank_parameters(self.layers.values(), trainable_only=False))
-
     def strategy_stats(self) -> dict:
         ranks = self._history[-1] if self._history else {}
         merged = [sum(h.get(name, 0) for h in self._history) for name in self.layers]
