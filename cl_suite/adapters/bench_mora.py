@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cl_suite.adapters.linear import AdapterLinear
-from cl_suite.kernels.bench import _timer
+from cl_suite.kernels.bench import make_timer, timed_call
 from cl_suite.kernels.reference import adapter_linear_loop
 
 TASKS = (1, 5, 10)  # bank sizes: after the first, fifth and tenth task (X-TAIL has 10)
@@ -74,24 +74,7 @@ def _variants(layer: AdapterLinear, x: torch.Tensor, train: bool) -> dict[str, C
     layer.train(train)
     xs = x.clone().requires_grad_(train)
     params = [xs, *layer.adapter_parameters()]
-
-    def run(fn):
-        if not train:
-
-            def infer():
-                with torch.no_grad():
-                    return fn()
-
-            return infer
-
-        def step():
-            y = fn()
-            y.backward(torch.ones_like(y))
-            for p in params:
-                p.grad = None
-
-        return step
-
+    run = lambda fn: timed_call(fn, train, params)  # noqa: E731
     return {
         "linear": run(lambda: layer.base(xs)),
         "mora": run(lambda: layer(xs)),
@@ -112,7 +95,7 @@ def run_bench(device: str = "cpu", d: int = 768, tokens: int | None = None, rank
         raise ValueError("d, rank, topk and every bank size in tasks must be >= 1")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     tokens = tokens or (197 * 64 if dev.type == "cuda" else 512)  # a CLIP batch of 64 images; a small one on a CPU
-    timer = _timer(dev, reps)
+    timer = make_timer(dev, reps)
     x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(1)).to(dev, dtype)
     rows = []
     for i, t in enumerate(tasks, 1):

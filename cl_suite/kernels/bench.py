@@ -62,7 +62,7 @@ class Row:
         return None if self.unfused_ms is None else self.unfused_ms / self.op_ms
 
 
-def _timer(device: torch.device, reps: int) -> Callable[[dict[str, Callable[[], object]]], dict[str, float]]:
+def make_timer(device: torch.device, reps: int) -> Callable[[dict[str, Callable[[], object]]], dict[str, float]]:
     if device.type == "cuda":
         from triton.testing import do_bench
 
@@ -80,6 +80,25 @@ def _timer(device: torch.device, reps: int) -> Callable[[dict[str, Callable[[], 
         return {k: v * 1e3 for k, v in best.items()}
 
     return cpu
+
+
+def timed_call(fn: Callable[[], torch.Tensor], backward: bool, leaves: list[torch.Tensor]) -> Callable[[], object]:
+    """What a timer calls: ``fn`` under no_grad, or ``fn`` then a backward of ones, clearing the leaves' grads."""
+    if not backward:
+
+        def fwd():
+            with torch.no_grad():
+                return fn()
+
+        return fwd
+
+    def fwd_bwd():
+        y = fn()
+        y.backward(torch.ones_like(y))
+        for t in leaves:
+            t.grad = None
+
+    return fwd_bwd
 
 
 def _case(device, dtype, d: int, rank: int, groups: int, tokens: int, merged: int = 0):
@@ -109,20 +128,7 @@ def _variants(device, lin, weight, A, B, gate, factors, x, backward: bool, merge
     for t in (*params, xs):
         t.requires_grad_(backward)
     kw = {"weight": weight, "bias": lin.bias, "frozen_ranks": frozen * factors[0][0].shape[1]}
-
-    def run(fn):
-        if not backward:
-            def fwd():
-                with torch.no_grad():
-                    return fn()
-            return fwd
-
-        def fwd_bwd():
-            y = fn()
-            y.backward(torch.ones_like(y))
-            for t in (*params, xs):
-                t.grad = None
-        return fwd_bwd
+    run = lambda fn: timed_call(fn, backward, [*params, xs])  # noqa: E731
 
     fns = {
         "linear": run(lambda: lin(xs)),
@@ -146,7 +152,7 @@ def run_bench(device: str = "cpu", csv_path: str | Path | None = None, full: boo
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; accepted: cpu, cuda")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    timer = _timer(dev, reps)
+    timer = make_timer(dev, reps)
     max_tokens = max(TOKENS) if (full or dev.type == "cuda") else CPU_MAX_TOKENS
     grid = itertools.product(DIMS, RANKS, TOKENS)
     cases = [("grid", d, r, GROUPS, n, 0, 0) for d, r, n in grid if n <= max_tokens] + list(TARGETS)
