@@ -252,9 +252,33 @@ class Scenario:
     def collate(self, items: list[Any]) -> Batch:
         return torch.utils.data.default_collate(items)
 
+    def describe(self) -> dict[str, Any]:
+        """This scenario's part of its protocol card (``cl-suite describe``; the rest comes from the class and config).
+
+        Returns ``{"tasks": [...]}`` and optionally ``"sources"`` (``{"what", "repo", "path", "commit"}`` each: where
+        the protocol's facts were transcribed from) and ``"notes"`` (strings). Each task is a dict with ``name`` and,
+        where the protocol has them, ``class_names``, ``templates`` (``{}`` marks the class name), ``split``,
+        ``shots``, ``metric``, ``example_input``. The default builds the tasks, which is cheap only for scenarios that
+        generate their data: a full-scale protocol overrides it from its shipped protocol data, reading nothing on disk.
+        """
+        return {"tasks": [task_card(task) for task in self.tasks()]}
+
     def evaluate(self, predict: Callable[[Batch], torch.Tensor], task: Task, ctx: Context) -> dict[str, float]:
         """Score ``task``'s test set with ``predict`` (which already carries the task id the setting allows)."""
         raise NotImplementedError
+
+
+CARD_KEYS = ("class_names", "templates", "split", "shots", "metric", "example_input", "organs", "labels")
+"""Task meta entries copied into a protocol card by :func:`task_card`."""
+
+
+def task_card(task: Task) -> dict[str, Any]:
+    """A task's entry in the protocol card: its name, the global class ids it adds, and its documented meta."""
+    card: dict[str, Any] = {"name": task.name}
+    if task.classes:
+        card["classes"] = [int(c) for c in task.classes]
+    card.update({key: task.meta[key] for key in CARD_KEYS if key in task.meta})
+    return card
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

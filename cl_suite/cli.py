@@ -1,4 +1,4 @@
-"""The ``cl-suite`` command line: run | list | show | leaderboard | new-strategy.
+"""The ``cl-suite`` command line: run | list | describe | show | leaderboard | sweep | bench | app | new-strategy.
 
 Exit codes: 0 ok, 1 the run failed, 2 bad input (unknown name or key, bad value, missing file).
 """
@@ -68,6 +68,17 @@ def cmd_list(args) -> int:
             label = "settings" if kind == "strategy" else "setting"
             print(f"  {name:<24} {info.description}  [{label}: {', '.join(info.settings)}]")
         print()
+    return 0
+
+
+def cmd_describe(args) -> int:
+    from cl_suite import config, protocol_card
+
+    try:
+        card = protocol_card.build(args.scenario, config.parse_overrides(args.set or []), tiny=args.tiny)
+    except protocol_card.CardError as e:
+        raise UsageError(str(e)) from e
+    print(protocol_card.to_json(card) if args.format == "json" else protocol_card.to_text(card))
     return 0
 
 
@@ -240,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list installed strategies and scenarios (imports no plugin)")
     lst.add_argument("kind", nargs="?", choices=["all", "strategies", "scenarios"])
     lst.set_defaults(func=cmd_list)
+
+    desc = sub.add_parser("describe", help="the protocol card of a scenario: tasks, classes, templates, recipe, sources")
+    desc.add_argument("scenario", help="scenario name or module:Class (see `cl-suite list scenarios`)")
+    desc.add_argument("--format", choices=["text", "json"], default="text")
+    desc.add_argument("--set", action="append", metavar="KEY=VALUE", help="a scenario.* or train.* key, e.g. scenario.order=II")
+    desc.add_argument("--tiny", action="store_true", help="describe the --tiny version of the scenario")
+    desc.set_defaults(func=cmd_describe)
 
     show = sub.add_parser("show", help="config, score matrix and summary of one run")
     show.add_argument("run_id")
