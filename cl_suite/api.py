@@ -44,6 +44,10 @@ CAPABILITIES = {
 Batch = dict[str, Any]
 
 
+class MissingData(FileNotFoundError):
+    """Data a scenario needs is not on disk. The message is one line: the dataset, the missing path, the layout expected."""
+
+
 @dataclass(frozen=True)
 class Task:
     """One step of a continual stream. ``classes`` are the global label ids the task introduces (if any)."""
@@ -251,6 +255,13 @@ class Scenario:
 
     def collate(self, items: list[Any]) -> Batch:
         return torch.utils.data.default_collate(items)
+
+    def check_data(self) -> None:
+        """Raise :class:`MissingData` if the data this scenario reads is not on disk.
+
+        The runner calls it before a run folder exists, so missing data is bad input (exit 2), never a failed run.
+        Scenarios that generate their data keep the default, which checks nothing.
+        """
 
     def describe(self) -> dict[str, Any]:
         """This scenario's part of its protocol card (``cl-suite describe``; the rest comes from the class and config).

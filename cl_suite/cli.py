@@ -333,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cl_suite.api import MissingData
     from cl_suite.config import ConfigError
     from cl_suite.registry import RegistryError
     from cl_suite.runner import RunError
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return args.func(args)
-    except (UsageError, ConfigError, RegistryError, FileExistsError) as e:
+    except (UsageError, ConfigError, RegistryError, MissingData, FileExistsError) as e:
         print(f"cl-suite: error: {e}", file=sys.stderr)
         return 2
     except RunError as e:

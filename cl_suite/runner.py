@@ -68,11 +68,12 @@ def pick_device(name: str) -> torch.device:
 
 def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO | None = None,
           progress: bool = True, run_id: str | None = None) -> RunStore:  # fmt: skip
-    """Create a run folder for ``cfg`` and execute it. Raises ConfigError before creating anything if the
-    strategy does not support the scenario's setting. ``run_id`` names the folder (default: a timestamped id);
+    """Create a run folder for ``cfg`` and execute it. Raises ConfigError (the strategy does not support the
+    scenario's setting) or MissingData (the scenario's data is not on disk) before creating anything. ``run_id`` names the folder (default: a timestamped id);
     sweeps pass an id derived from the config alone, so a re-run finds the same folder."""
     scenario_cls, strategy_cls = registry.load("scenario", cfg.scenario), registry.load("strategy", cfg.strategy)
     check_compatible(scenario_cls, strategy_cls, (cfg.scenario, cfg.strategy))
+    scenario_cls(cfg.scenario_config, tiny=cfg.tiny).check_data()  # MissingData: bad input, before any folder
     out = sys.stderr if out is None else out
     run_id = run_id or make_run_id(cfg)
     record = {

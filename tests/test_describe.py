@@ -31,3 +31,16 @@ def test_bad_keys_and_unknown_scenarios_exit_2(capsys):
     assert cli.main(["describe", "digits-tiny", "--set", "strategy.rank=4"]) == 2
     assert cli.main(["describe", "no-such-scenario"]) == 2
     assert capsys.readouterr().err.count("\n") == 2
+
+
+def test_missing_data_is_bad_input_before_any_run_folder(tmp_path, capsys, monkeypatch):
+    from cl_suite.api import MissingData
+    from scenarios.digits import DigitsTiny
+
+    def missing(self):
+        raise MissingData("dataset 'digits' not found at /nowhere: expected /nowhere/<class>/*.png")
+
+    monkeypatch.setattr(DigitsTiny, "check_data", missing)
+    assert cli.main(["run", "--scenario", "digits-tiny", "--strategy", "finetune", "--results", str(tmp_path)]) == 2
+    assert "dataset 'digits' not found" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("run.json"))
