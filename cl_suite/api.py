@@ -145,6 +145,8 @@ class Strategy(nn.Module):
         supports: the settings it can run in; a scenario of another setting is refused before anything loads.
             Declare it as a literal in the class body so ``cl-suite list`` can read it without importing you.
         train_defaults: overrides of the run's ``train.*`` defaults (e.g. ``{"lr": 5e-4}``); the user's win.
+        scenario_defaults: ``scenario.*`` values the method's official code uses (e.g. CoDyRA's CLIP loss
+            ``{"text_loss": 1.0}``), applied to scenarios whose Config has the key; the user's win.
         requires: capabilities (CAPABILITIES) the task model must provide, e.g. ``{"linear_targets"}``.
         trains: False for strategies that never update weights (zero-shot); the runner then skips training.
             The runner reads it before every task, so ``before_task`` may set it on the instance (train one task only).
@@ -158,6 +160,7 @@ class Strategy(nn.Module):
     supports: ClassVar[frozenset[str]] = frozenset(SETTINGS)
     requires: ClassVar[frozenset[str]] = frozenset()
     train_defaults: ClassVar[Mapping[str, Any]] = {}
+    scenario_defaults: ClassVar[Mapping[str, Any]] = {}
     trains: ClassVar[bool] = True
 
     def __init__(self, config: Any = None) -> None:

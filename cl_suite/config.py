@@ -1,7 +1,8 @@
 """The typed run config: dataclasses filled from a YAML file, CLI flags and ``key=value`` overrides.
 
 ``backbone=X`` at the top level is short for ``scenario.backbone=X``. Layering, lowest first: the dataclass defaults, the scenario's ``train_defaults``, the strategy's
-``train_defaults``, the YAML file, the CLI flags, then ``--set`` overrides. Every value is coerced to its field's
+``train_defaults`` (and its ``scenario_defaults`` for the scenario's keys), the YAML file, the CLI flags, then ``--set``
+overrides. Every value is coerced to its field's
 annotated type; an unknown key or a bad value raises :class:`ConfigError` naming the valid keys or the type.
 The resolved config is what a run records (``config.yaml``) and what ``cl-suite run <config.yaml>`` re-runs.
 """
@@ -145,9 +146,18 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Run
         device=top.device,
         kernels=top.kernels,
         train=train,
-        scenario_config=build_dataclass(scenario_cls.Config, sections["scenario"], "scenario"),
+        scenario_config=build_dataclass(
+            scenario_cls.Config, {**_applicable(strategy_cls.scenario_defaults, scenario_cls.Config), **sections["scenario"]},
+            "scenario",
+        ),
         strategy_config=build_dataclass(strategy_cls.Config, sections["strategy"], "strategy"),
     )
+
+
+def _applicable(values: typing.Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """The entries of ``values`` that are fields of the dataclass ``cls`` (a strategy's scenario defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
 
 
 @dataclass

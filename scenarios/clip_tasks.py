@@ -102,6 +102,7 @@ class ClipScenario(Scenario):
         c = self.config
         return CLIPTaskModel(clip, tokenizer, names, templates, [t.classes for t in tasks], self.backbone,
                              eval_classes=self.eval_classes, loss_classes=self.loss_classes, text_loss=c.text_loss,
+                             text_loss_form=getattr(c, "text_loss_form", "official"),
                              label_smoothing=c.label_smoothing)  # fmt: skip
 
     def evaluate(self, predict, task: Task, ctx: Context) -> dict[str, float]:
@@ -193,7 +194,8 @@ class ClipTinyConfig:
     domains: tuple[str, ...] = ("digits", "faces", "shapes", "textures")  # task order
     backbone: str = "tiny-clip"
     split_seed: int = 0
-    text_loss: float = 0.0  # weight of the text->image loss term
+    text_loss: float = 0.0  # weight of the text->image loss term (CoDyRA and MoRAM's runners: 1.0)
+    text_loss_form: str = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
     label_smoothing: float = 0.0
 
 

@@ -28,7 +28,9 @@ Options where the official code and the paper (or the two codes) differ:
 
 Simplifications: no LoRA dropout (the LLM code uses 0.1 on the adapter input; the fused op shares ``x`` between the
 frozen linear and the atoms); the normalisation epsilon is torch's 1e-12 for both families (the LLM code uses 1e-8);
-the CLIP text→image loss term is the scenario's ``text_loss`` option, not part of this strategy.
+the CLIP text→image loss term is the scenario's ``text_loss`` option, which this strategy sets to the
+official runner's (weight 1, ``text_loss_form=official``) through ``scenario_defaults``; ``--set scenario.text_loss=0``
+turns it off.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ class MoRA(AdapterBankStrategy):
     supports = frozenset({"cil", "til", "dil", "fscil", "seg", "instr"})
     requires = frozenset({"linear_targets"})
     train_defaults = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.0, "scheduler": "cosine"}
+    # MoRAM's runner adapts both CLIP towers (target_encoder=all), so its train_model adds the text->image term, weight 1.
+    scenario_defaults = {"text_loss": 1.0, "text_loss_form": "official"}
     Config = MoRAConfig
 
     def __init__(self, config=None) -> None:

@@ -32,7 +32,8 @@ Defaults from ``runner_codyra.sh``: r=16, lr 5e-4, κ_max=0.005, dense fraction 
 Differences from the official code: the fresh group is created at the start of the next task rather than right after
 the merge (same computation; the merged model then carries no unused adapter at evaluation); the merged factors are not
 kept as ``old_lora_*`` bookkeeping (they are already in the weight); no LoRA dropout (the official default is 0); the
-CLIP text→image loss term is the scenario's ``text_loss`` option, not part of this strategy; the classifier head of
+CLIP text→image loss term is the scenario's ``text_loss`` option, set to the official runner's (weight 1,
+``text_loss_form=official``) through ``scenario_defaults``; the classifier head of
 models that have one (digits-tiny) trains alongside, as in every adapter strategy here.
 """
 
@@ -117,6 +118,8 @@ class RankSelectiveLoRA(AdapterBankStrategy):
     supports = frozenset({"cil", "til", "dil", "fscil", "seg", "instr"})
     requires = frozenset({"linear_targets"})
     train_defaults = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.0, "scheduler": "cosine"}
+    # CoDyRA's runner adapts both CLIP towers (target_encoder=all), so its train_model adds the text->image term, weight 1.
+    scenario_defaults = {"text_loss": 1.0, "text_loss_form": "official"}
     Config = RankSelectiveLoRAConfig
 
     def __init__(self, config=None) -> None:

@@ -186,3 +186,35 @@ def test_a_batch_mixing_tasks_scores_each_sample_within_its_own_task():
     with torch.no_grad():
         expected = (3 * model.loss(parts[0], tasks[0]) + 2 * model.loss(parts[1], tasks[1])) / 5
         assert torch.isclose(model.loss(mixed, tasks[1]), expected, rtol=1e-5)
+
+
+def test_official_text_to_image_term_is_codyra_and_morams():
+    """Issue #19. CoDyRA's and MoRAM's ``train_model`` (Artificer-AI-Lab/CoDyRA models/codyra.py @ c1691e4,
+    Artificer-AI-Lab/MoRAM XTAIL/models/moram.py @ 05c3d61) compute, over the text set of every seen class
+    (earlier tasks' classes first): ``mask = (labels == arange(C)).T``, ``t_logits = scale · E_text @ f_imgᵀ`` and
+    ``F.cross_entropy(t_logits, mask)`` with the raw multi-hot mask as probability targets. The reference below
+    evaluates exactly that expression; the earlier tasks' rows (no image matches them) are arbitrary numbers."""
+    model = _model()
+    model.seen[:] = True  # task 2 of 2: classes 0, 1 (task 1) and 2, 3 (current)
+    g = torch.Generator().manual_seed(0)
+    t2i = torch.randn(2, 5, generator=g) * 3  # current classes 2, 3 scored against 5 images
+    target = torch.tensor([0, 0, 1, 0, 1])  # within-task targets: images of class 2, 2, 3, 2, 3
+    earlier_rows = torch.randn(2, 5, generator=g)
+    labels = target + 2
+    mask = (labels[:, None] == torch.arange(4)[None, :]).float().T
+    official = torch.nn.functional.cross_entropy(torch.cat([earlier_rows, t2i]), mask)
+    torch.testing.assert_close(model._text_to_image_loss(t2i, target), official, rtol=0, atol=1e-6)
+
+    model.text_loss_form = "present-mean"  # rows normalised by their matches, mean over the classes present
+    want = -(t2i.log_softmax(1)[0, [0, 1, 3]].mean() + t2i.log_softmax(1)[1, [2, 4]].mean()) / 2
+    torch.testing.assert_close(model._text_to_image_loss(t2i, target), want, rtol=0, atol=1e-6)
+
+
+def test_codyra_and_moram_turn_the_official_text_term_on_for_clip_scenarios_only():
+    cfg = config.resolve({}, {"scenario.name": "clip-tiny", "strategy.name": "rank-selective-lora"})
+    assert (cfg.scenario_config.text_loss, cfg.scenario_config.text_loss_form) == (1.0, "official")
+    assert config.resolve({}, {"scenario.name": "clip-tiny", "strategy.name": "mora"}).scenario_config.text_loss == 1.0
+    user = {"scenario.name": "clip-tiny", "strategy.name": "mora", "scenario.text_loss": "0"}
+    assert config.resolve({}, user).scenario_config.text_loss == 0.0  # the user's value wins
+    assert config.resolve({}, {"scenario.name": "clip-tiny", "strategy.name": "lora"}).scenario_config.text_loss == 0.0
+    config.resolve({}, {"scenario.name": "digits-tiny", "strategy.name": "rank-selective-lora"})  # no such key: ignored

@@ -39,9 +39,37 @@ def test_reconstruction_at_task_start_is_exact(d_in, d_out, k):
     assert layer.bias is base.bias  # shared, so training it trains the original layer
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_task_starts_from_the_exact_weight_and_sgd_keeps_the_frozen_directions(dtype):
+    """Issue #19: W₀ + (P − P₀) is W₀ bit for bit at task start (PEFT OSF's "original weight plus delta"), the SVD
+    runs in the weight's dtype, and a projected SGD step moves W only orthogonally to the frozen triplets."""
+    base = _linear(24, 32).to(dtype)
+    w0 = base.weight.detach().clone()
+    layer = OrthogonalSVDLinear(base, 8)
+    assert layer.U_low.dtype == dtype and layer.U_high.dtype == dtype
+    assert torch.equal(layer.weight, w0) and torch.equal(layer.reconstruct(), w0)
+    x = torch.randn(5, 24, dtype=dtype)
+    assert torch.equal(layer(x), base(x))
+    eps = torch.finfo(dtype).eps
+    assert (layer.U_high.T @ layer.U_low).abs().max() < 100 * eps  # the split is orthogonal in the weight's dtype
+    assert (layer.V_high @ layer.V_low.T).abs().max() < 100 * eps
+
+    opt = torch.optim.SGD(layer.low_parameters(), lr=0.1)
+    _loss(layer.to(dtype), seed=3).backward()
+    layer.project_gradients()
+    opt.step()
+    delta = layer.reconstruct() - w0
+    assert delta.norm() > 1e-3 * w0.norm()  # it moved
+    scale = 10 * eps * float(w0.norm())
+    assert (layer.U_high.T @ delta).abs().max() < scale  # ... only where no frozen left singular vector points
+    assert (delta @ layer.V_high.T).abs().max() < scale
+
+
 def _loss(layer: nn.Module, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(32, layer.in_features, generator=g), torch.randn(32, layer.out_features, generator=g)
+    dtype = layer.U_low.dtype if isinstance(layer, OrthogonalSVDLinear) else torch.float32
+    x = torch.randn(32, layer.in_features, generator=g, dtype=dtype)
+    y = torch.randn(32, layer.out_features, generator=g, dtype=dtype)
     return (layer(x) - y).square().mean()
 
 
@@ -263,4 +291,4 @@ def test_projection_and_reconstruction_match_peft_osf():
     for name, layer in layers.items():
         w_ref = merged.get_submodule(name).weight.detach()
         assert _rel(layer.reconstruct(), w_ref) < 1e-5
-        assert _rel(layer.reconstruct(), layer.W_high) > 1e-3 or layer.trainable_rank == 0
+        assert _rel(layer.reconstruct(), layer.frozen_weight) > 1e-3 or layer.trainable_rank == 0

@@ -162,3 +162,30 @@ def test_runs_and_resumes_on_digits_tiny(tmp_path):
     assert eval_rows(copy) == eval_rows(store.path)
     resumed = json.loads((copy / "run.json").read_text())["strategy_stats"]
     assert resumed == stats
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fresh_group_starts_from_the_official_init_for_a_seed(dtype):
+    """Issue #19: CoDyRA's ``codyra_Linear.increment_task`` (Artificer-AI-Lab/CoDyRA loralib/codyra.py @ c1691e4)
+    makes the new factors as ``lora_A = weight.new_zeros((r, in))`` and ``gate = torch.randn(1, r)``, then runs
+    ``nn.init.kaiming_uniform_(lora_A, a=math.sqrt(5))``: the gate's draw comes first, in the default dtype, and A is
+    drawn in the layer's dtype. The expected tensors below replay that sequence of draws."""
+    import math
+
+    from torch import nn
+
+    from cl_suite.adapters.linear import AdapterLinear
+
+    rank, d_in, d_out = 4, 6, 5
+    layer = AdapterLinear(nn.Linear(d_in, d_out).to(dtype), gate="importance")
+    torch.manual_seed(123)
+    layer.add_group(rank)
+    torch.manual_seed(123)
+    gate = torch.randn(1, rank)  # the official draw order: the gate first ...
+    lora_a = torch.zeros(rank, d_in, dtype=dtype)
+    nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))  # ... then A, in the layer's dtype
+    group = layer.groups[0]
+    assert group.A.dtype == group.importance.dtype == dtype
+    assert torch.equal(group.importance, gate[0].to(dtype))
+    assert torch.equal(group.A, lora_a.T)  # ours stores A as (in × rank)
+    assert torch.equal(group.B, torch.zeros(rank, d_out, dtype=dtype))

@@ -31,16 +31,23 @@ GATE_MODES = ("none", "importance", "topk", "router")
 
 
 class RankGroup(nn.Module):
-    """One low-rank group: ``ΔW = scale · A diag(importance) B`` with ``A`` kaiming-uniform and ``B`` zero (LoRA)."""
+    """One low-rank group: ``ΔW = scale · A diag(importance) B`` with ``A`` kaiming-uniform and ``B`` zero (LoRA).
 
-    def __init__(self, d_in: int, d_out: int, rank: int, scale: float, importance: bool) -> None:
+    Random draws follow CoDyRA's ``codyra_Linear.increment_task`` (Artificer-AI-Lab/CoDyRA ``loralib/codyra.py`` @
+    c1691e4): the importance vector first, ``torch.randn`` in the default dtype, then ``A`` kaiming-uniform drawn directly
+    in the layer's dtype; so a seeded layer starts from the official values. ``A`` is stored transposed (in × rank).
+    """
+
+    def __init__(self, d_in: int, d_out: int, rank: int, scale: float, importance: bool,
+                 dtype: torch.dtype | None = None) -> None:  # fmt: skip
         super().__init__()
-        a = torch.empty(rank, d_in)
+        gate = torch.randn(rank) if importance else None
+        a = torch.empty(rank, d_in, dtype=dtype)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.A = nn.Parameter(a.t().contiguous())
-        self.B = nn.Parameter(torch.zeros(rank, d_out))
-        self.importance = nn.Parameter(torch.randn(rank)) if importance else None
-        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.B = nn.Parameter(torch.zeros(rank, d_out, dtype=dtype))
+        self.importance = nn.Parameter(gate.to(a.dtype)) if gate is not None else None
+        self.register_buffer("scale", torch.tensor(float(scale), dtype=a.dtype))
 
     @property
     def rank(self) -> int:
@@ -99,8 +106,8 @@ class AdapterLinear(nn.Module):
             raise ValueError(f"rank must be >= 1, got {rank}")
         scale = 1.0 if alpha is None else alpha / rank
         w = self.base.weight
-        group = RankGroup(self.in_features, self.out_features, rank, scale, self.gate_mode == "importance")
-        self.groups.append(group.to(device=w.device, dtype=w.dtype))
+        group = RankGroup(self.in_features, self.out_features, rank, scale, self.gate_mode == "importance", w.dtype)
+        self.groups.append(group.to(device=w.device))
         if self.gate_mode == "router":
             self.routers.append(nn.Linear(self.in_features, 1).to(device=w.device, dtype=w.dtype))
         return len(self.groups) - 1

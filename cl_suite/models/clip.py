@@ -109,6 +109,9 @@ def _residual_blocks(clip: nn.Module) -> list[tuple[str, nn.Module]]:
     return sorted(found, key=lambda nm: (not nm[0].startswith("visual"),))  # stable: keeps block order
 
 
+TEXT_LOSS_FORMS = ("official", "present-mean")
+
+
 class CLIPTaskModel(TaskModel):
     """Classify by cosine similarity to the ensembled prompt embeddings of class names.
 
@@ -121,16 +124,25 @@ class CLIPTaskModel(TaskModel):
         eval_classes: the classes ``predict`` scores without a task id: "all" (X-TAIL) or "seen" (class-incremental).
         loss_classes: the classes the loss normalises over: "task" (MTIL, X-TAIL) or "seen" (class-incremental).
         text_loss: weight of an extra text->image cross-entropy term (0 = image->text only).
+        text_loss_form: how that term is computed (:data:`TEXT_LOSS_FORMS`): ``"official"`` as CoDyRA's and MoRAM's
+            ``train_model`` (Artificer-AI-Lab/CoDyRA models/codyra.py @ c1691e4; Artificer-AI-Lab/MoRAM
+            XTAIL/models/moram.py @ 05c3d61): ``F.cross_entropy(t_logits, mask)`` with ``t_logits`` the scaled
+            similarities of every class text to the batch's images and ``mask`` the raw multi-hot class-image matches,
+            so each class row sums the log-probabilities of its images (not normalised by their count) and the mean runs
+            over every seen class, present in the batch or not; ``"present-mean"`` normalises each row by its positives
+            and averages over the classes present in the batch (cl-suite's earlier form).
         train_templates: how many templates per class embed the text during training (the first ones).
     """
 
     def __init__(self, clip: nn.Module, tokenizer, class_names: Sequence[str], templates: Sequence[Sequence[str]],
                  task_classes: Sequence[Sequence[int]], backbone_name: str, *, eval_classes: str = "all",
-                 loss_classes: str = "task", text_loss: float = 0.0, label_smoothing: float = 0.0,
-                 train_templates: int = 1) -> None:  # fmt: skip
+                 loss_classes: str = "task", text_loss: float = 0.0, text_loss_form: str = "official",
+                 label_smoothing: float = 0.0, train_templates: int = 1) -> None:  # fmt: skip
         super().__init__()
         if eval_classes not in ("all", "seen") or loss_classes not in ("task", "seen"):
             raise ValueError("eval_classes must be 'all' or 'seen'; loss_classes must be 'task' or 'seen'")
+        if text_loss_form not in TEXT_LOSS_FORMS:
+            raise ValueError(f"text_loss_form must be one of {', '.join(TEXT_LOSS_FORMS)}, got {text_loss_form!r}")
         if len(templates) != len(class_names):
             raise ValueError(f"{len(class_names)} class names but {len(templates)} template lists")
         self.clip = split_fused_layers(clip)
@@ -140,6 +152,7 @@ class CLIPTaskModel(TaskModel):
         self.backbone_name = backbone_name
         self.eval_classes, self.loss_classes = eval_classes, loss_classes
         self.text_loss, self.label_smoothing, self.train_templates = text_loss, label_smoothing, train_templates
+        self.text_loss_form = text_loss_form
         self.register_buffer("seen", torch.zeros(len(class_names), dtype=torch.bool))
         self._tokens: dict[tuple[int, int], torch.Tensor] = {}
         self._text_cache: dict[tuple[int, ...], torch.Tensor] = {}
@@ -243,11 +256,19 @@ class CLIPTaskModel(TaskModel):
         logits = self._scale() * image @ self.text_features(classes).T
         loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
         if self.text_loss > 0:
-            present = target.unique()
-            positives = (target[None, :] == present[:, None]).float()
-            t2i = logits.T[present]  # (classes in the batch, B)
-            loss = loss + self.text_loss * -(positives / positives.sum(1, keepdim=True) * t2i.log_softmax(1)).sum(1).mean()
+            loss = loss + self.text_loss * self._text_to_image_loss(logits.T, target)
         return loss
+
+    def _text_to_image_loss(self, t2i: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each class text over the batch's images; ``t2i`` is (classes scored, B)."""
+        matches = (torch.arange(len(t2i), device=target.device)[:, None] == target[None, :]).to(t2i.dtype)
+        log_p = t2i.log_softmax(1)
+        if self.text_loss_form == "official":
+            # The official text set is every seen class (earlier tasks' rows have no match and add 0 to the sum, but
+            # count in the mean); this group's rows are the classes it scores.
+            return -(matches * log_p).sum() / max(int(self.seen.sum()), len(t2i))
+        present = matches.sum(1) > 0
+        return -(matches[present] / matches[present].sum(1, keepdim=True) * log_p[present]).sum(1).mean()
 
     # -- adapter view ------------------------------------------------------------------------------------------
     def linear_targets(self) -> list[LinearTarget]:

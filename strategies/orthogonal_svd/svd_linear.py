@@ -8,8 +8,14 @@ ICLR 2026); read in the official notebook code (Red-Hat-AI-Innovation-Team/ortho
 Layout follows PEFT/mini_trainer: ``U`` is (out × r) with singular vectors as columns, ``V`` is (r × in) with singular
 vectors as *rows* (``torch.linalg.svd``'s ``Vh``). The forward is ``F.linear(x, W(θ), bias)`` with ``W`` rebuilt from
 the factors, so the gradient reaches ``U_low/Σ_low/V_low`` (the official notebook instead copies ``W`` into the frozen
-``nn.Linear.weight`` under ``no_grad``, so its factors never receive a gradient; reference §5.2). The frozen product
-``U_high Σ_high V_high`` is kept once as a dense buffer, so a forward costs one (out × r_low)·(r_low × in) product.
+``nn.Linear.weight`` under ``no_grad``, so its factors never receive a gradient; reference §5.2).
+
+The rebuilt weight is ``W₀ + (U_low Σ_low V_low − P₀)``, where ``W₀`` is the layer's own weight at task start and
+``P₀`` the low product at task start, as PEFT's OSF applies "original weight plus delta" (``get_delta_weight``). So
+the frozen part is ``W₀ − P₀``: ``U_high Σ_high V_high`` plus whatever the rounded factors do not reproduce, and the
+task starts from ``W₀`` exactly (the delta is the same product subtracted from itself), whatever the dtype. The SVD
+runs in the weight's dtype, or float32 for half-precision weights, so a float64 model's split is float64-orthogonal.
+A forward costs one (out × r_low)·(r_low × in) product.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ def project_weight_gradient(grad: torch.Tensor, u_high: torch.Tensor, v_high: to
     return grad - u_high @ (u_high.T @ grad @ v_high.T) @ v_high
 
 
+def _svd_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The weight's own dtype, or float32 for half precision (LAPACK has no half-precision SVD)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
 class OrthogonalSVDLinear(nn.Module):
     """An ``nn.Linear`` re-parameterised by its SVD: the top-``top_k`` triplets frozen, the rest trainable.
 
@@ -41,7 +52,7 @@ class OrthogonalSVDLinear(nn.Module):
     The original ``weight`` is not touched: :meth:`reconstruct` returns the dense weight to write back at task end.
     """
 
-    def __init__(self, base: nn.Linear, top_k: int, *, svd_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, base: nn.Linear, top_k: int, *, svd_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"OrthogonalSVDLinear wraps an nn.Linear, got {type(base).__name__}")
@@ -50,15 +61,18 @@ class OrthogonalSVDLinear(nn.Module):
         if not 0 <= top_k <= rank:
             raise ValueError(f"top_k must be in 0..{rank} (the smaller side of a {tuple(weight.shape)} weight), got {top_k}")
         self.in_features, self.out_features, self.top_k = base.in_features, base.out_features, top_k
-        u, s, vh = torch.linalg.svd(weight.to(svd_dtype), full_matrices=False)
         dtype = weight.dtype
+        u, s, vh = torch.linalg.svd(weight.to(svd_dtype or _svd_dtype(dtype)), full_matrices=False)
         self.register_buffer("U_high", u[:, :top_k].to(dtype).contiguous())
         self.register_buffer("S_high", s[:top_k].to(dtype).contiguous())
         self.register_buffer("V_high", vh[:top_k].to(dtype).contiguous())
-        self.register_buffer("W_high", (self.U_high * self.S_high) @ self.V_high, persistent=False)
         self.U_low = nn.Parameter(u[:, top_k:].to(dtype).contiguous())
         self.S_low = nn.Parameter(s[top_k:].to(dtype).contiguous())
         self.V_low = nn.Parameter(vh[top_k:].to(dtype).contiguous())
+        # W₀ is the wrapped layer's own tensor (not written until after_task) and P₀ the low product as the forward
+        # computes it: W₀ + (P − P₀) is W₀ exactly at task start.
+        self.register_buffer("W_start", weight, persistent=False)
+        self.register_buffer("low_start", self._low_product().detach().clone(), persistent=False)
         if top_k == rank:  # nothing left to train in this matrix
             for p in self.low_parameters():
                 p.requires_grad_(False)
@@ -71,17 +85,25 @@ class OrthogonalSVDLinear(nn.Module):
     def low_parameters(self) -> list[nn.Parameter]:
         return [self.U_low, self.S_low, self.V_low]
 
+    def _low_product(self) -> torch.Tensor:
+        return (self.U_low * self.S_low) @ self.V_low
+
+    @property
+    def frozen_weight(self) -> torch.Tensor:
+        """``W₀ − P₀``: the part of the weight no gradient reaches (the top-k triplets and the SVD's remainder)."""
+        return self.W_start - self.low_start
+
     @property
     def weight(self) -> torch.Tensor:
-        """The dense weight, differentiable in the low factors."""
-        return self.W_high + (self.U_low * self.S_low) @ self.V_low
+        """The dense weight ``W₀ + (U_low Σ_low V_low − P₀)``, differentiable in the low factors."""
+        return self.W_start + (self._low_product() - self.low_start)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
     @torch.no_grad()
     def reconstruct(self) -> torch.Tensor:
-        """``U_high Σ_high V_high + U_low Σ_low V_low`` as a plain tensor (written back into the layer at task end)."""
+        """The dense weight as a plain tensor (written back into the layer at task end)."""
         return self.weight.detach().clone()
 
     @torch.no_grad()
@@ -103,7 +125,7 @@ class OrthogonalSVDLinear(nn.Module):
     def weight_gradient(self) -> torch.Tensor:
         """The first-order change of ``W`` the current factor gradients imply: ``dU Σ V + U dΣ V + U Σ dV``
         (what an SGD step moves ``W`` along); zero where a factor has no gradient."""
-        total = torch.zeros_like(self.W_high)
+        total = torch.zeros_like(self.W_start)
         u, s, v = self.U_low, self.S_low, self.V_low
         if u.grad is not None:
             total += (u.grad * s) @ v
