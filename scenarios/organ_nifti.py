@@ -37,6 +37,7 @@ from cl_suite.api import MissingData
 
 PROTOCOL_DIR = Path(__file__).with_name("organ_protocols")
 LAYOUTS = ("labelmap", "totalseg")
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's axis codes, stated (MONAI warns of a new default)
 FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("img", "label"))  # (images, labels): MSD/nnU-Net/MONAI, Synapse BTCV
 
 
@@ -249,7 +250,7 @@ def load_case(files: CaseFiles, protocol: Protocol, organ_ids: dict[str, int], *
     else:
         sources = {f"mask_{o}": p for o, p in mask_paths(files, list(organ_ids), allow_missing).items()}
     keys = ["image", *sources]
-    data = Compose([LoadImaged(keys, image_only=True, ensure_channel_first=True), Orientationd(keys, axcodes="RAS")])(
+    data = Compose([LoadImaged(keys, image_only=True, ensure_channel_first=True), Orientationd(keys, axcodes="RAS", labels=RAS_LABELS)])(
         {"image": str(files.image), **{k: str(p) for k, p in sources.items()}})
     grid = (tuple(data["image"].shape[1:]), np.asarray(data["image"].affine, dtype=float))
     for key in sources:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cl_suite.api import Context, Scenario, Task, TaskModel
+from cl_suite.api import Context, MissingData, Scenario, Task, TaskModel
 from cl_suite.config import ConfigError
 from cl_suite.dice import evaluate_dice
 from cl_suite.models.pvt3d import PVT3D
@@ -217,9 +217,6 @@ class OrganNifti(_OrganScenario):
         except ValueError as e:
             raise ConfigError(str(e)) from e
         self.task_organs = list(self.protocol.tasks[:2] if tiny else self.protocol.tasks)
-        if not self.config.root:
-            raise ConfigError(f"organ-nifti needs scenario.root=<folder> holding {self.protocol.source or 'the data'}"
-                              f" (layout {self.protocol.layout!r})")  # fmt: skip
         self.spacing = self._target_spacing()
         self.roi = tuple(min(r, 32) for r in self.config.roi) if tiny else tuple(self.config.roi)
         if self.config.model == "pvt3d":
@@ -279,6 +276,9 @@ class OrganNifti(_OrganScenario):
 
     def selected_cases(self) -> tuple[list[list], list]:
         """The CT cases the run reads: (training cases per task, test cases), cut down under --tiny."""
+        if not self.config.root:
+            raise MissingData(f"organ-nifti needs scenario.root=<folder> holding {self.protocol.source or 'the data'}"
+                              f" (layout {self.protocol.layout!r})")  # fmt: skip
         cases, _ = organ_nifti.split_modality(organ_nifti.find_cases(self.config.root, self.protocol), self.protocol)
         if not cases:
             raise organ_nifti.BadData(f"no CT cases under {self.config.root} (protocol {self.protocol.name}: "
