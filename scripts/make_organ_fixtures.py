@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scenarios.organ_fixtures import write_fixture  # noqa: E402
+from scenarios.organ_fixtures import write_fixture
 
 PROTOCOLS = ("btcv", "amos", "totalseg")
 
