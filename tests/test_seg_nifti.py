@@ -146,3 +146,18 @@ def test_pvt3d_tasks_are_crops_for_training_and_whole_volumes_for_test(fixtures)
     with torch.no_grad():
         out = model.predict({"x": whole["x"][None]}, None)  # sliding-window inference over the whole volume
     assert out.shape == (1, 1 + 9, 16, 32, 32)
+
+
+def test_readme_protocol_table_agrees_with_describe():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for protocol in ("btcv", "amos", "totalseg"):
+        rows = [line.split("|")[1:4] for line in readme.splitlines() if line.startswith(f"| {protocol} | ")]
+        rows = [(int(task), [o.strip() for o in organs.split(",")]) for _, task, organs in rows if task.strip().isdigit()]
+        card = protocol_card.build("organ-nifti", {"scenario.protocol": protocol})
+        expected = []
+        for i, task in enumerate(card["tasks"], 1):
+            ids = [label.split(": label id ")[-1] for label in task["labels"]] if protocol != "totalseg" else None
+            expected.append((i, [f"{o} {ids[k]}" if ids else o for k, o in enumerate(task["organs"])]))
+        assert rows == expected, protocol

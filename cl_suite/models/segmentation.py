@@ -6,7 +6,9 @@ tokens, PVT's strided "LoCo-PE"), and a decoder that mirrors it (a "deconv PE" t
 tokens, a skip from stage 1, blocks, then an expansion back to pixels). Every patch embedding and expansion is an
 ``nn.Linear`` over flattened patches (equivalent to a strided conv / transposed conv), attention has separate
 q/k/v/o linears, and the MLPs are fc1/fc2, so ``linear_targets()`` exposes everything LoCo adapts. Simplified
-against the paper: 2D slices instead of 3D patches, full attention instead of PVT's spatial-reduction attention.
+against the paper: 2D slices instead of 3D patches, full attention instead of PVT's spatial-reduction attention
+(``organ-nifti`` defaults to the 3D model with spatial-reduction attention, cl_suite.models.pvt3d; this 2D one
+stays for ``organ-tiny`` and ``scenario.model=slice2d``).
 
 Output: one head per task (a per-pixel linear over the decoder's features and the raw intensity) with its own
 background channel and the task's organs, as LoCo-PVT and Zhang et al. (MICCAI 2023) give each step its own head.
@@ -113,8 +115,8 @@ def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, eps: float = 1.0) 
 class SegmentationModel(TaskModel):
     """Per-task heads over a shared backbone (2D SegTransformer or 3D PVT3D); labels hold global organ ids (0 =
     background). With ``roi`` set (the 3D model), inputs of another size go through MONAI's sliding-window inference
-    (``monai.inferers.sliding_window_inference``, windows of ``roi`` overlapping by ``overlap``, Gaussian-free
-    constant blending, MONAI's default)."""
+    (``monai.inferers.sliding_window_inference``: windows of ``roi`` overlapping by ``overlap``, averaged with MONAI's
+    default constant weights)."""
 
     def __init__(self, backbone: nn.Module, task_organs: Sequence[Sequence[int]], num_organs: int,
                  backbone_name: str, dice_weight: float = 1.0, roi: Sequence[int] | None = None,
