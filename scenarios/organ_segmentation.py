@@ -3,15 +3,20 @@ segmentation transformer, each later task adds new organs, and the model must se
 forgetting the old ones.
 
 Protocol, for both scenarios: each task brings its own cases (like a new dataset) labelled only for its own organs
-(partial labels: other organs are background in its label maps, train and test alike). Volumes are segmented slice by
-slice; Dice is computed per case over its slices (cl_suite.dice). The score of a task is the mean Dice (percent)
+(partial labels: other organs are background in its label maps, train and test alike). Dice and HD95 are computed
+per organ over whole cases with MONAI's metrics (cl_suite.dice). The score of a task is the mean Dice (percent)
 over its organs after each step, so the score matrix gives Dice-based forgetting and BWT, and the organ-weighted
-``seg_old``/``seg_new``/``seg_all`` summaries; per-organ Dice is recorded as ``dice/<organ>``.
+``seg_old``/``seg_new``/``seg_all`` summaries; per-organ Dice and HD95 are recorded as ``dice/<organ>``,
+``hd95/<organ>``.
 
-* ``organ-tiny``: generated CT-like phantoms (scenarios.organ_phantoms), a base task of 4 organs then 2 tasks of 3;
-  minutes on a CPU. ``--tiny`` keeps 2 tasks, 1 training and 1 test case of 6 slices each.
-* ``organ-nifti``: NIfTI folders on disk (scenarios.organ_nifti) with a bundled protocol (``btcv`` 6-3-4, ``amos``
-  5-5-5, ``totalseg`` by body region) or your own YAML file.
+* ``organ-tiny``: generated CT-like phantoms (scenarios.organ_phantoms), a base task of 4 organs then 2 tasks of 3,
+  segmented slice by slice by the 2D model; minutes on a CPU. ``--tiny`` keeps 2 tasks, 1 training and 1 test case
+  of 6 slices each.
+* ``organ-nifti``: NIfTI folders on disk loaded through MONAI (scenarios.organ_nifti) with a bundled protocol
+  (``btcv`` 6-3-4, ``amos`` 5-5-5 on its CT cases, ``totalseg`` by body region) or your own YAML file; the 3D PVT
+  (``scenario.model=pvt3d``, default: training windows, sliding-window inference on whole volumes) or the 2D slice
+  model (``slice2d``). ``check_data()`` reads every header the run will use first, so bad data is one line, exit 2.
+  ``--tiny`` keeps 2 tasks, 2 training cases per task, 1 test case, and windows of at most 32³.
 """
 
 from __future__ import annotations
