@@ -51,6 +51,15 @@ def test_btcv_img_label_naming_is_paired(fixtures):
     assert vol.spacing == (2.0, 1.5, 1.5)  # (slice, row, column) mm: the protocol's 1.5 x 1.5 x 2.0 (x, y, z)
 
 
+def test_btcv_synapse_archive_folders_are_found(fixtures, tmp_path):
+    import shutil
+
+    shutil.copytree(fixtures["btcv"] / "imagesTr", tmp_path / "img")  # RawData/Training/img + label
+    shutil.copytree(fixtures["btcv"] / "labelsTr", tmp_path / "label")
+    cases = organ_nifti.find_cases(tmp_path, organ_nifti.load_protocol("btcv"))
+    assert [c.image.parent.name for c in cases] == ["img"] * 5 and cases[4].image.name == "img0005.nii.gz"
+
+
 def test_amos_mri_cases_are_left_out(fixtures):
     protocol = organ_nifti.load_protocol("amos")
     cases = organ_nifti.find_cases(fixtures["amos"], protocol)
