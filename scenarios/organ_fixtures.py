@@ -8,7 +8,10 @@ phantoms (scenarios.organ_phantoms), for tests and for trying ``organ-nifti`` wi
 * ``totalseg``: ``s0001/ct.nii.gz`` + ``s0001/segmentations/<organ>.nii.gz`` for every organ of the protocol (an
   empty mask where the phantom lacks the organ, as TotalSegmentator ships one file per class).
 
-Volumes are written in RAS with the protocol's target spacing, so loading them resamples nothing.
+Organs of the protocol that the phantoms lack (esophagus, adrenal glands, lungs, heart...) are added as small
+ellipsoid blobs, each with its own intensity, placed where the phantom shows no organ, so that every task of every
+protocol has something to segment. Volumes are written in RAS with the protocol's target spacing, so loading them
+resamples nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +40,24 @@ def phantom_organs(labels: np.ndarray) -> dict[str, np.ndarray]:
     return {PHANTOM_TO_PROTOCOL.get(name, name): labels == k for k, name in enumerate(ORGAN_NAMES, start=1)}
 
 
+def add_blobs(hu: np.ndarray, labels: np.ndarray, organs: list[str]) -> dict[str, np.ndarray]:
+    """Paint one small ellipsoid per organ into ``hu`` where ``labels`` shows no organ; returns their masks.
+
+    Blob k sits on a ring around the volume's centre at angle 2πk/n, halfway up at slice depth spread over the
+    volume, with an intensity of 40 + 25·(k mod 8) HU (soft tissue to contrast-enhanced vessels)."""
+    D, H, W = hu.shape
+    z, r, c = np.meshgrid(np.arange(D), np.arange(H), np.arange(W), indexing="ij")
+    masks = {}
+    for k, organ in enumerate(organs):
+        angle = 2 * np.pi * k / max(1, len(organs))
+        cz, cr, cc = D * (k + 1) / (len(organs) + 1), H / 2 + 0.2 * H * np.sin(angle), W / 2 + 0.2 * W * np.cos(angle)
+        inside = ((z - cz) / max(1.5, D / 8)) ** 2 + ((r - cr) / (H / 14)) ** 2 + ((c - cc) / (W / 14)) ** 2 <= 1
+        mask = inside & (labels == 0)
+        hu[mask] = 40.0 + 25.0 * (k % 8)
+        masks[organ] = mask
+    return masks
+
+
 def write_fixture(root: str | Path, protocol: str, cases: int = 8, size: int = 48, slices: int = 24,
                   seed: int = 0) -> Path:  # fmt: skip
     """Write ``cases`` phantom cases for ``protocol`` (btcv, amos or totalseg) under ``root``; returns ``root``."""
@@ -46,6 +67,7 @@ def write_fixture(root: str | Path, protocol: str, cases: int = 8, size: int = 4
     for i in range(cases):
         hu, labels = make_case(seed * 1000 + i, size=size, slices=slices)
         masks = phantom_organs(labels)
+        masks.update(add_blobs(hu, labels, [o for o in proto.organs if o not in masks]))
         if proto.layout == "labelmap":
             raw = np.zeros(labels.shape, dtype=np.uint8)
             for organ, mask in masks.items():
@@ -65,7 +87,9 @@ def write_fixture(root: str | Path, protocol: str, cases: int = 8, size: int = 4
         for k in (507, 508):
             hu, labels = make_case(seed * 1000 + k, size=size, slices=slices)
             raw = np.zeros(labels.shape, dtype=np.uint8)
-            for organ, mask in phantom_organs(labels).items():
+            masks = phantom_organs(labels)
+            masks.update(add_blobs(hu, labels, [o for o in proto.organs if o not in masks]))
+            for organ, mask in masks.items():
                 if organ in proto.labels:
                     raw[mask] = proto.labels[organ]
             save_nifti(np.clip(hu + 1000.0, 0, None) * 2.0, root / "imagesTr" / f"amos_{k:04d}.nii.gz", spacing)
