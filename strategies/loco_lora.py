@@ -10,8 +10,10 @@
   predicted exactly as right after their task: no forgetting, at the cost of one forward pass per task and the LoRA
   parameters of every task (reported as added inference parameters).
 
-Simplified against the paper: a 2D pyramid ViT on slices instead of the 3D PVT, and per-task branches rather than
-whatever fusion the paper's decoder uses (not specified in the material available). The task model must offer
+On ``organ-nifti`` the model is a 3D PVT with spatial-reduction attention (cl_suite.models.pvt3d, its own
+simplifications listed there); on ``organ-tiny`` (and ``scenario.model=slice2d``) a 2D pyramid ViT on slices.
+Simplified against the paper: per-task branches rather than whatever fusion the paper's decoder uses (not specified
+in the material available). The task model must offer
 ``task_logits(batch, t)`` and ``combine({t: logits})``, as the suite's SegmentationModel does.
 """
 

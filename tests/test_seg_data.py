@@ -12,6 +12,7 @@ from scenarios.organ_phantoms import ORGAN_NAMES, ORGANS, make_case, window
 from scenarios.organ_segmentation import OrganNifti, OrganNiftiConfig, OrganTiny, OrganTinyConfig
 
 nib = pytest.importorskip("nibabel")
+pytest.importorskip("monai")
 
 
 def test_phantom_is_deterministic_and_anatomically_ordered():
@@ -52,9 +53,9 @@ def test_organ_tiny_rejects_unknown_or_repeated_organs():
 
 def _save(array: np.ndarray, path, dtype=np.float32):
     """Write a (slices, rows, cols) array as a RAS NIfTI volume whose axial slices read back as ``array``."""
-    data = np.ascontiguousarray(array[:, ::-1, ::-1].transpose(2, 1, 0)).astype(dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    from scenarios.organ_fixtures import save_nifti
+
+    save_nifti(array, path, dtype=dtype)
 
 
 def _volume(seed: int, size: int = 24, slices: int = 5):
@@ -82,17 +83,19 @@ def test_read_case_keeps_orientation_and_ids(labelmap_root):
     protocol = organ_nifti.load_protocol(str(labelmap_root / "p.yaml"))
     cases = organ_nifti.find_cases(labelmap_root / "data", protocol)
     assert [c.case for c in cases] == [f"case{i}" for i in range(5)]
-    image, labels = organ_nifti.read_case(cases[2], protocol, {"liver": 1, "spleen": 2, "aorta": 3})
+    vol = organ_nifti.load_case(cases[2], protocol, {"liver": 1, "spleen": 2, "aorta": 3}, spacing=None)
+    image, labels = vol.image, vol.labels
     hu, phantom = _volume(2)
-    np.testing.assert_allclose(image, hu, atol=1e-3)
+    np.testing.assert_allclose(image, window(hu), atol=1e-5)  # the protocol's default window, -200..300 HU
     np.testing.assert_array_equal(labels == 1, phantom == 1 + ORGAN_NAMES.index("liver"))
-    x, y = organ_nifti.to_slices(image, labels, 16, protocol.window, keep=np.array([1, 3]))
+    assert vol.spacing == (1.0, 1.0, 1.0)
+    x, y = organ_nifti.to_slices(image, labels, 16, keep=np.array([1, 3]))
     assert x.shape == (2, 1, 16, 16) and y.shape == (2, 16, 16) and set(y.unique().tolist()) <= {0, 1, 2, 3}
 
 
 def test_organ_nifti_scenario_builds_tasks_from_disk(labelmap_root):
     cfg = OrganNiftiConfig(root=str(labelmap_root / "data"), protocol=str(labelmap_root / "p.yaml"), image_size=16,
-                           patch=4, test_fraction=0.2)
+                           patch=4, test_fraction=0.2, model="slice2d", spacing="native")
     scenario = OrganNifti(cfg)
     tasks = scenario.tasks()
     assert [t.meta["organs"] for t in tasks] == [["liver", "spleen"], ["aorta"]]
@@ -115,7 +118,7 @@ def test_totalseg_layout_reads_one_mask_per_organ(tmp_path):
     protocol = organ_nifti.load_protocol(str(tmp_path / "ts.yaml"))
     cases = organ_nifti.find_cases(tmp_path, protocol)
     assert [c.case for c in cases] == ["s0001", "s0002", "s0003"]
-    _, read = organ_nifti.read_case(cases[0], protocol, {"liver": 1, "aorta": 2})
+    read = organ_nifti.load_case(cases[0], protocol, {"liver": 1, "aorta": 2}, spacing=None).labels
     np.testing.assert_array_equal(read == 2, labels == 1 + ORGAN_NAMES.index("aorta"))
 
 
@@ -127,7 +130,7 @@ def test_bundled_protocols_and_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="bundled: amos, btcv, totalseg"):
         organ_nifti.load_protocol("nope")
     with pytest.raises(ConfigError, match=r"scenario\.root"):
-        OrganNifti(OrganNiftiConfig())
+        OrganNifti(OrganNiftiConfig()).tasks()
     with pytest.raises(ConfigError, match="not found; download"):
         OrganNifti(OrganNiftiConfig(root=str(tmp_path / "missing"))).tasks()
     with pytest.raises(ConfigError, match="no cases found"):

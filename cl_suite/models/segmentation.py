@@ -6,7 +6,9 @@ tokens, PVT's strided "LoCo-PE"), and a decoder that mirrors it (a "deconv PE" t
 tokens, a skip from stage 1, blocks, then an expansion back to pixels). Every patch embedding and expansion is an
 ``nn.Linear`` over flattened patches (equivalent to a strided conv / transposed conv), attention has separate
 q/k/v/o linears, and the MLPs are fc1/fc2, so ``linear_targets()`` exposes everything LoCo adapts. Simplified
-against the paper: 2D slices instead of 3D patches, full attention instead of PVT's spatial-reduction attention.
+against the paper: 2D slices instead of 3D patches, full attention instead of PVT's spatial-reduction attention
+(``organ-nifti`` defaults to the 3D model with spatial-reduction attention, cl_suite.models.pvt3d; this 2D one
+stays for ``organ-tiny`` and ``scenario.model=slice2d``).
 
 Output: one head per task (a per-pixel linear over the decoder's features and the raw intensity) with its own
 background channel and the task's organs, as LoCo-PVT and Zhang et al. (MICCAI 2023) give each step its own head.
@@ -19,7 +21,7 @@ is the lowest background log-probability of any head (a pixel is background only
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -103,20 +105,26 @@ class SegTransformer(nn.Module):
 
 
 def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 − mean soft Dice over the channels given (B, K, H, W), pooled over the batch (stable for absent organs)."""
-    dims = (0, 2, 3)
+    """1 − mean soft Dice over the channels given (B, K, *spatial), pooled over the batch (stable for absent organs)."""
+    dims = (0, *range(2, probs.ndim))
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
     return 1 - ((2 * inter + eps) / (denom + eps)).mean()
 
 
 class SegmentationModel(TaskModel):
-    """Per-task heads over a shared SegTransformer; labels hold global organ ids (0 = background)."""
+    """Per-task heads over a shared backbone (2D SegTransformer or 3D PVT3D); labels hold global organ ids (0 =
+    background). With ``roi`` set (the 3D model), inputs of another size go through MONAI's sliding-window inference
+    (``monai.inferers.sliding_window_inference``: windows of ``roi`` overlapping by ``overlap``, averaged with MONAI's
+    default constant weights)."""
 
-    def __init__(self, backbone: SegTransformer, task_organs: Sequence[Sequence[int]], num_organs: int,
-                 backbone_name: str, dice_weight: float = 1.0) -> None:  # fmt: skip
+    def __init__(self, backbone: nn.Module, task_organs: Sequence[Sequence[int]], num_organs: int,
+                 backbone_name: str, dice_weight: float = 1.0, roi: Sequence[int] | None = None,
+                 overlap: float = 0.25, sw_batch_size: int = 2) -> None:  # fmt: skip
         super().__init__()
         self.backbone = backbone
+        self.roi = tuple(int(r) for r in roi) if roi else None
+        self.overlap, self.sw_batch_size = overlap, sw_batch_size
         self.backbone_name = backbone_name
         self.dice_weight = dice_weight
         self.num_organs = num_organs
@@ -149,8 +157,16 @@ class SegmentationModel(TaskModel):
         """(B, 1 + n_t, H, W): background then task ``task_index``'s organs."""
         return self.heads[task_index](features.movedim(1, -1)).movedim(-1, 1)
 
+    def windowed(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``fn(x)``, or MONAI's sliding-window inference of ``fn`` over ``x`` when ``x`` is not one ``roi`` window."""
+        if self.roi is None or tuple(x.shape[2:]) == self.roi:
+            return fn(x)
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(x, self.roi, self.sw_batch_size, fn, overlap=self.overlap)
+
     def task_logits(self, batch: Batch, task_index: int) -> torch.Tensor:
-        return self.head_logits(self.features(batch), task_index)
+        return self.windowed(lambda x: self.head_logits(self.features({"x": x}), task_index), batch["x"])
 
     def local_targets(self, labels: torch.Tensor, task_index: int) -> torch.Tensor:
         """Global organ ids -> 0 (background, incl. other tasks' organs) or 1..n_t for the task's own organs."""
@@ -187,9 +203,9 @@ class SegmentationModel(TaskModel):
         any_logits = next(iter(per_task.values()), None)
         if any_logits is None:
             raise ValueError("combine() needs the logits of at least one task")
-        B, _, H, W = any_logits.shape
+        B, _, *spatial = any_logits.shape
         low = torch.finfo(any_logits.dtype).min
-        out = any_logits.new_full((B, 1 + self.num_organs, H, W), low)
+        out = any_logits.new_full((B, 1 + self.num_organs, *spatial), low)
         backgrounds = []
         for t, logits in per_task.items():
             logp = logits.log_softmax(1)
@@ -202,11 +218,16 @@ class SegmentationModel(TaskModel):
         tasks = self.seen_tasks() if task_id is None else [task_id]
         x = batch["x"]
         if not tasks:  # before any task: everything is background
-            out = x.new_full((x.shape[0], 1 + self.num_organs, *x.shape[-2:]), torch.finfo(x.dtype).min)
+            out = x.new_full((x.shape[0], 1 + self.num_organs, *x.shape[2:]), torch.finfo(x.dtype).min)
             out[:, 0] = 0
             return out
-        features = self.features(batch)
-        return self.combine({t: self.head_logits(features, t) for t in tasks})
+
+        def all_heads(window: torch.Tensor) -> torch.Tensor:
+            features = self.features({"x": window})
+            return torch.cat([self.head_logits(features, t) for t in tasks], dim=1)
+
+        logits = self.windowed(all_heads, x).split([1 + len(self.task_organs[t]) for t in tasks], dim=1)
+        return self.combine(dict(zip(tasks, logits)))
 
     # -- adapter view ----------------------------------------------------------------------------------------
     def linear_targets(self) -> list[LinearTarget]:
