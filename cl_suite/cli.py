@@ -215,14 +215,19 @@ def cmd_check(args) -> int:
 
 
 def cmd_new_strategy(args) -> int:
-    from cl_suite.scaffold import write_strategy
+    from cl_suite.scaffold import write_checks, write_strategy
 
     try:
         path, cls = write_strategy(args.name, Path(args.dir))
     except (ValueError, FileExistsError) as e:
         raise UsageError(str(e)) from e
     module = path.stem
-    print(f"wrote {path}\ntry it:   cl-suite run --tiny --scenario digits-tiny --strategy {path.parent.name}.{module}:{cls}")
+    ref = f"{path.parent.name}.{module}:{cls}"
+    print(f"wrote {path}")
+    for extra, fresh in write_checks(args.name, ref, path.parent.parent):
+        print(f"wrote {extra}" if fresh else f"kept  {extra} (it exists; add {ref} to it)")
+    print(f"try it:   cl-suite run --tiny --scenario digits-tiny --strategy {ref}")
+    print(f"check it: cl-suite check {ref}")
     print(f'register: add `{args.name} = "{path.parent.name}.{module}:{cls}"` under '
           '[project.entry-points."cl_suite.strategies"] in pyproject.toml, then `pip install -e .`')  # fmt: skip
     return 0

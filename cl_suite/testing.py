@@ -17,6 +17,7 @@ import io
 import json
 import re
 import shutil
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ def check_pair(scenario: str, strategy: str, root: str | Path, *, seed: int = 0,
                _outcome("stats-json", subject, _stats_problems(first))]  # fmt: skip
     results.append(_resume_check(first, subject))
     if seed_check:
-        results.append(_seed_check(cfg, first, folder / "second", subject))
+        results.append(check_seed(scenario, strategy, root, seed=seed, overrides=overrides))
     return results
 
 
@@ -177,11 +178,17 @@ def _resume_check(first: Path, subject: str) -> CheckResult:
     return _outcome("resume", subject, _differences(first, copy, "uninterrupted", "resumed"))
 
 
-def _seed_check(cfg, first: Path, root: Path, subject: str) -> CheckResult:
+def check_seed(scenario: str, strategy: str, root: str | Path, *, seed: int = 0,
+               overrides: dict[str, str] | None = None) -> CheckResult:  # fmt: skip
+    """The ``seed`` check: a second run of a pair :func:`check_pair` ran under ``root`` must equal the first."""
     from cl_suite import runner
 
+    subject = f"{strategy} on {scenario}"
+    folder = Path(root) / slug(f"{scenario}--{strategy}")
+    first = next(p for p in (folder / "first" / "runs").iterdir() if p.name != "resumed")
+    cfg = run_config(scenario, strategy, seed, overrides)
     try:
-        second = runner.start(cfg, root, out=io.StringIO(), progress=False).path
+        second = runner.start(cfg, folder / "second", out=io.StringIO(), progress=False).path
     except Exception as e:
         return CheckResult("seed", subject, "fail", f"a second run with seed {cfg.seed} failed: " + _failure(e))
     return _outcome("seed", subject, _differences(first, second, "first run", f"second run, seed {cfg.seed}"))
@@ -259,8 +266,8 @@ def check_strategy(strategy: str, root: str | Path, scenarios: Sequence[str] | N
                    seed_scenarios: int | None = None, overrides: dict[str, str] | None = None,
                    ) -> Iterator[CheckResult]:  # fmt: skip
     """Every check of one strategy (a registered name or ``module:Class``) on ``scenarios`` (default: every
-    ``*-tiny`` scenario), yielded as they finish. ``seed_scenarios``: run the seed check on only the first N
-    compatible scenarios (None: all); the repository's own test uses 1 to keep ``make test`` short."""
+    ``*-tiny`` scenario), yielded as they finish. ``seed_scenarios``: run the seed check on only the N scenarios
+    whose other checks were quickest (None: on all); the repository's own test uses 1 to keep ``make test`` short."""
     from cl_suite import registry
 
     try:
@@ -274,15 +281,22 @@ def check_strategy(strategy: str, root: str | Path, scenarios: Sequence[str] | N
     scenarios = list(tiny_scenarios() if scenarios is None else scenarios)
     admitted = [s for s in scenarios if compatible(s, strategy)]
     failed_runs: dict[str, str] = {}
+    finished: dict[str, float] = {}  # scenario -> seconds its checks took
     ran = 0
-    for index, scenario in enumerate(admitted):
-        with_seed = seed_scenarios is None or index < seed_scenarios
-        for result in check_pair(scenario, strategy, root, seed=seed, seed_check=with_seed, overrides=overrides):
+    for scenario in admitted:
+        t0 = time.perf_counter()
+        for result in check_pair(scenario, strategy, root, seed=seed, seed_check=seed_scenarios is None,
+                                 overrides=overrides):  # fmt: skip
             if result.check == "finishes" and result.status != "skip":
                 ran += 1
                 if result.failed and result.reason != STOPPED_BY_STATS:
                     failed_runs[scenario] = result.reason
+                elif not result.failed:
+                    finished[scenario] = time.perf_counter() - t0
             yield result
+    if seed_scenarios is not None:
+        for scenario in sorted(finished, key=finished.get)[:seed_scenarios]:
+            yield check_seed(scenario, strategy, root, seed=seed, overrides=overrides)
     yield _supports_check(strategy, cls, scenarios, admitted, failed_runs, ran, Path(root) / "refused", seed)
 
 
