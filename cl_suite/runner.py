@@ -195,7 +195,7 @@ def _strategy_stats(strategy: Strategy, task: Task) -> dict:
             raise TypeError(f"it returned a {type(stats).__name__}, not a dict")
         dumps(stats)
     except (TypeError, ValueError) as e:
-        raise StrategyStatsError(f"strategy_stats() after task {task.index} ({task.name}) is not a JSON-serialisable "
+        raise StrategyStatsError(f"strategy_stats() after task {task.index + 1} ({task.name}) is not a JSON-serialisable "
                                  f"dict: {e}; return numbers, strings, lists and dicts (tensor.item(), .tolist())") from e
     return stats
 
