@@ -193,6 +193,8 @@ def cmd_check(args) -> int:
         registry.resolve_ref("scenario", name)  # an unknown name is bad input, before anything runs
     for name in [*args.strategies, *filter(None, [args.scenario_plugin])]:
         registry.resolve_ref("scenario" if name == args.scenario_plugin else "strategy", name)
+    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
+        raise UsageError(f"--keep {args.keep}: the folder is not empty; name a new one")
     overrides = {"device": args.device}
     t0 = time.perf_counter()
     found = []

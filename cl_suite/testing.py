@@ -81,6 +81,22 @@ def compatible(scenario: str, strategy: str) -> bool:
     return incompatibility(registry.load("scenario", scenario), registry.load("strategy", strategy)) is None
 
 
+def _loadable(kind: str, names: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """The names whose plugin imports, and why each other one does not (an optional extra not installed)."""
+    from cl_suite import registry
+
+    ok, broken = [], {}
+    for name in names:
+        try:
+            registry.load(kind, name)
+            ok.append(name)
+        except registry.RegistryError:
+            raise
+        except Exception as e:
+            broken[name] = _failure(e)
+    return ok, broken
+
+
 # -- the run-level checks --------------------------------------------------------------------------------------
 def run_config(scenario: str, strategy: str, seed: int = 0, overrides: dict[str, str] | None = None):
     from cl_suite import config
@@ -93,8 +109,9 @@ def check_pair(scenario: str, strategy: str, root: str | Path, *, seed: int = 0,
                overrides: dict[str, str] | None = None) -> list[CheckResult]:  # fmt: skip
     """The run-level checks of ``strategy`` on ``scenario``, with run folders under ``root``.
 
-    A scenario whose data is not on disk gives one ``skip`` line; a failed run fails ``finishes`` (and
-    ``stats-json`` when the stats were the cause) and skips the checks that need a finished run.
+    A scenario whose data is not on disk (a full-size one, not a ``*-tiny`` one) gives one ``skip`` line; a failed
+    run fails ``finishes`` (and ``stats-json`` when the stats were the cause) and skips the checks that need a
+    finished run.
     """
     from cl_suite import runner
     from cl_suite.api import MissingData
@@ -115,6 +132,8 @@ def check_pair(scenario: str, strategy: str, root: str | Path, *, seed: int = 0,
         return [CheckResult("finishes", subject, "fail", STOPPED_BY_STATS), CheckResult("stats-json", subject, "fail", str(e)),
                 *skipped([c for c in later if c != "stats-json"], "the run failed")]  # fmt: skip
     except Exception as e:
+        if _needs_data(e) and not scenario.endswith("-tiny"):
+            return skipped(("finishes",), f"needs data or config the check does not give: {_failure(e)}")
         return [CheckResult("finishes", subject, "fail", _failure(e)), *skipped(later, "the run failed")]
     results = [CheckResult("finishes", subject, "pass"), _outcome("record", subject, _record_problems(first)),
                _outcome("stats-json", subject, _stats_problems(first))]  # fmt: skip
@@ -278,7 +297,9 @@ def check_strategy(strategy: str, root: str | Path, scenarios: Sequence[str] | N
         yield CheckResult("loads", strategy, "fail", _failure(e))
         return
     yield CheckResult("loads", strategy, "pass")
-    scenarios = list(tiny_scenarios() if scenarios is None else scenarios)
+    scenarios, unloadable = _loadable("scenario", tiny_scenarios() if scenarios is None else scenarios)
+    for scenario, reason in unloadable.items():
+        yield CheckResult("finishes", f"{strategy} on {scenario}", "skip", f"the scenario does not import: {reason}")
     admitted = [s for s in scenarios if compatible(s, strategy)]
     failed_runs: dict[str, str] = {}
     finished: dict[str, float] = {}  # scenario -> seconds its checks took
@@ -318,8 +339,8 @@ def _supports_check(strategy: str, cls: type, scenarios: list[str], admitted: li
     problems += _refusal_problems([(s, strategy) for s in scenarios if s not in admitted], root, seed)
     for scenario, reason in failed_runs.items():
         setting = registry.load("scenario", scenario).setting
-        problems.append(f"supports claims {setting!r} and {scenario} provides {sorted(requires) or 'all it requires'}, "
-                        f"but the run failed: {reason}")  # fmt: skip
+        needs = f"{scenario} provides the {', '.join(sorted(requires))} it requires" if requires else "it requires nothing"
+        problems.append(f"supports claims {setting!r} and {needs}, but the run on {scenario} failed: {reason}")
     if not admitted:
         problems.append(f"no checked scenario admits it ({', '.join(scenarios) or 'none'}): nothing was run")
     elif not ran:
@@ -362,12 +383,15 @@ def check_scenario(scenario: str, root: str | Path, strategies: Sequence[str] | 
         yield CheckResult("loads", scenario, "fail", _failure(e))
         return
     yield CheckResult("loads", scenario, "pass")
-    chosen = list(SCENARIO_PLUGIN_STRATEGIES if strategies is None else strategies)
+    chosen, unloadable = _loadable("strategy", SCENARIO_PLUGIN_STRATEGIES if strategies is None else strategies)
+    for strategy, reason in unloadable.items():
+        yield CheckResult("finishes", f"{strategy} on {scenario}", "skip", f"the strategy does not import: {reason}")
     admitted = [s for s in chosen if compatible(scenario, s)]
     for strategy in admitted:
         yield from check_pair(scenario, strategy, root, seed=seed, overrides=overrides)
     problems = _declaration_problems(scenario)
-    problems += _refusal_problems([(scenario, s) for s in registry.names("strategy") if not compatible(scenario, s)],
+    others, _ = _loadable("strategy", registry.names("strategy"))
+    problems += _refusal_problems([(scenario, s) for s in others if not compatible(scenario, s)],
                                   Path(root) / "refused", seed)  # fmt: skip
     if not admitted:
         problems.append(f"none of {', '.join(chosen)} can run on it: nothing was run")
@@ -429,6 +453,17 @@ def conformance_tests(*strategies: str, scenarios: Sequence[str] | None = None, 
 # -- helpers ---------------------------------------------------------------------------------------------------
 def _outcome(check: str, subject: str, problems: list[str], note: str = "") -> CheckResult:
     return CheckResult(check, subject, "fail", "; ".join(problems)) if problems else CheckResult(check, subject, "pass", note)
+
+
+def _needs_data(error: BaseException) -> bool:
+    """A failure that is bad input rather than a plugin fault: a ConfigError (e.g. no ``scenario.root``) or a missing
+    file. Only a full-size scenario may fail so (it is then skipped); the ``*-tiny`` ones generate their data."""
+    from cl_suite.config import ConfigError
+
+    causes = [error]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    return any(isinstance(c, (ConfigError, FileNotFoundError)) for c in causes)
 
 
 def _failure(error: BaseException) -> str:

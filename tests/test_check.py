@@ -198,3 +198,8 @@ def cli_module_pytest(cwd, *args):
 
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_full_size_scenario_without_data_is_skipped_not_failed(tmp_path):
+    (result,) = testing.check_pair("fscil-cifar100", "finetune", tmp_path)
+    assert (result.check, result.status) == ("finishes", "skip") and "scenario.root" in result.reason
