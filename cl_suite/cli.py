@@ -317,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--dir", default="strategies", help="folder to write into (default: strategies)")
     new.set_defaults(func=cmd_new_strategy)
 
-    chk = sub.add_parser("check", help="conformance checks of strategy plugins on tiny scenarios (for a plugin's CI)")
+    from cl_suite.testing import CHECKS, SCENARIO_PLUGIN_STRATEGIES
+
+    chk = sub.add_parser("check", help="conformance checks of strategy plugins on tiny scenarios (for a plugin's CI)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, description="checks:\n" + "\n".join(
+                             f"  {name:<11} {text}" for name, text in CHECKS.items()))  # fmt: skip
     chk.add_argument("strategies", nargs="*", metavar="STRATEGY", help="registered name or module:Class")
     where = chk.add_mutually_exclusive_group()
     where.add_argument("--scenario", action="append", metavar="NAME",
@@ -325,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--all-scenarios", action="store_true",
                        help="every registered scenario (under --tiny; those without data on disk are skipped)")  # fmt: skip
     chk.add_argument("--scenario-plugin", metavar="NAME", help="check a scenario plugin with the built-in strategies "
-                     f"{', '.join(('zero-shot', 'finetune', 'joint', 'lora'))} (or the STRATEGY names given)")  # fmt: skip
+                     f"{', '.join(SCENARIO_PLUGIN_STRATEGIES)} (or the STRATEGY names given)")  # fmt: skip
     chk.add_argument("--seed", type=int, default=0, help="seed of the runs (default: 0)")
     chk.add_argument("--device", default="cpu", help="device of the runs (default: cpu, where reruns are bit-identical)")
     chk.add_argument("--keep", metavar="DIR", help="keep the runs under DIR (default: a temporary folder)")

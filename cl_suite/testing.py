@@ -26,7 +26,7 @@ from typing import Any
 
 CHECKS = {
     "loads": "the plugin imports through cl_suite.registry and subclasses the right base class",
-    "finishes": "a --tiny run on the CPU finishes with status success",
+    "finishes": "a --tiny run (3 steps per task, on the CPU by default) finishes with status success",
     "record": "the run record is complete and valid: score matrix, summary, cost, one stats entry per task, leaderboard",
     "stats-json": "strategy_stats() returns a JSON-serialisable dict after every task",
     "resume": "a copy resumed from the first task's checkpoint ends with identical evaluations and losses",
