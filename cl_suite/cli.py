@@ -1,4 +1,4 @@
-"""The ``cl-suite`` command line: run | list | describe | show | leaderboard | sweep | bench | app | new-strategy.
+"""The ``cl-suite`` command line: run | list | describe | show | leaderboard | sweep | bench | app | new-strategy | check.
 
 Exit codes: 0 ok, 1 the run failed, 2 bad input (unknown name or key, bad value, missing file).
 """
@@ -177,15 +177,59 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    """Conformance checks of strategy plugins (or of a scenario plugin): one line per check, exit 1 if any fails."""
+    import tempfile
+    import time
+
+    from cl_suite import registry, testing
+
+    if not args.strategies and not args.scenario_plugin:
+        raise UsageError("name a strategy (registered name or module:Class), or a scenario with --scenario-plugin")
+    if args.scenario_plugin and (args.scenario or args.all_scenarios):
+        raise UsageError("--scenario-plugin checks that one scenario; drop --scenario/--all-scenarios")
+    scenarios = (registry.names("scenario") if args.all_scenarios else args.scenario) or testing.tiny_scenarios()
+    for name in scenarios:
+        registry.resolve_ref("scenario", name)  # an unknown name is bad input, before anything runs
+    for name in [*args.strategies, *filter(None, [args.scenario_plugin])]:
+        registry.resolve_ref("scenario" if name == args.scenario_plugin else "strategy", name)
+    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
+        raise UsageError(f"--keep {args.keep}: the folder is not empty; name a new one")
+    overrides = {"device": args.device}
+    t0 = time.perf_counter()
+    found = []
+    with tempfile.TemporaryDirectory(prefix="cl-suite-check-") as tmp:
+        root = Path(args.keep) if args.keep else Path(tmp)
+        if args.scenario_plugin:
+            runs = [testing.check_scenario(args.scenario_plugin, root, args.strategies or None, seed=args.seed,
+                                           overrides=overrides)]  # fmt: skip
+        else:
+            runs = [testing.check_strategy(name, root / testing.slug(name), scenarios, seed=args.seed,
+                                           overrides=overrides) for name in args.strategies]  # fmt: skip
+        for results in runs:
+            for result in results:
+                print(result.line(), flush=True)
+                found.append(result)
+    counts = testing.summarize(found)
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped in "
+          f"{time.perf_counter() - t0:.1f} s" + (f"; runs kept under {args.keep}" if args.keep else ""))  # fmt: skip
+    return 1 if counts["fail"] else 0
+
+
 def cmd_new_strategy(args) -> int:
-    from cl_suite.scaffold import write_strategy
+    from cl_suite.scaffold import write_checks, write_strategy
 
     try:
         path, cls = write_strategy(args.name, Path(args.dir))
     except (ValueError, FileExistsError) as e:
         raise UsageError(str(e)) from e
     module = path.stem
-    print(f"wrote {path}\ntry it:   cl-suite run --tiny --scenario digits-tiny --strategy {path.parent.name}.{module}:{cls}")
+    ref = f"{path.parent.name}.{module}:{cls}"
+    print(f"wrote {path}")
+    for extra, fresh in write_checks(args.name, ref, path.parent.parent):
+        print(f"wrote {extra}" if fresh else f"kept  {extra} (it exists; add {ref} to it)")
+    print(f"try it:   cl-suite run --tiny --scenario digits-tiny --strategy {ref}")
+    print(f"check it: cl-suite check {ref}")
     print(f'register: add `{args.name} = "{path.parent.name}.{module}:{cls}"` under '
           '[project.entry-points."cl_suite.strategies"] in pyproject.toml, then `pip install -e .`')  # fmt: skip
     return 0
@@ -272,6 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="plugin name, lower-case with dashes (e.g. my-method)")
     new.add_argument("--dir", default="strategies", help="folder to write into (default: strategies)")
     new.set_defaults(func=cmd_new_strategy)
+
+    from cl_suite.testing import CHECKS, SCENARIO_PLUGIN_STRATEGIES
+
+    chk = sub.add_parser("check", help="conformance checks of strategy plugins on tiny scenarios (for a plugin's CI)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, description="checks:\n" + "\n".join(
+                             f"  {name:<11} {text}" for name, text in CHECKS.items()))  # fmt: skip
+    chk.add_argument("strategies", nargs="*", metavar="STRATEGY", help="registered name or module:Class")
+    where = chk.add_mutually_exclusive_group()
+    where.add_argument("--scenario", action="append", metavar="NAME",
+                       help="check on this scenario (repeatable; default: every compatible *-tiny scenario)")  # fmt: skip
+    where.add_argument("--all-scenarios", action="store_true",
+                       help="every registered scenario (under --tiny; those without data on disk are skipped)")  # fmt: skip
+    chk.add_argument("--scenario-plugin", metavar="NAME", help="check a scenario plugin with the built-in strategies "
+                     f"{', '.join(SCENARIO_PLUGIN_STRATEGIES)} (or the STRATEGY names given)")  # fmt: skip
+    chk.add_argument("--seed", type=int, default=0, help="seed of the runs (default: 0)")
+    chk.add_argument("--device", default="cpu", help="device of the runs (default: cpu, where reruns are bit-identical)")
+    chk.add_argument("--keep", metavar="DIR", help="keep the runs under DIR (default: a temporary folder)")
+    chk.set_defaults(func=cmd_check)
 
     swp = sub.add_parser("sweep", help="run a scenario × strategy × seed grid (skips finished cells, resumes killed ones)")
     swp.add_argument("--scenarios", required=True, help="comma-separated scenario names")

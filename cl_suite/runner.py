@@ -27,7 +27,7 @@ from cl_suite import config as config_mod
 from cl_suite import metrics, registry
 from cl_suite.api import Context, Scenario, Strategy, Task, incompatibility, primary_metric, to_device
 from cl_suite.env_info import environment, peak_memory_mb
-from cl_suite.results import CONFIG_FILE, EVALS_FILE, TRAIN_FILE, RunStore
+from cl_suite.results import CONFIG_FILE, EVALS_FILE, TRAIN_FILE, RunStore, dumps
 
 
 class RunError(RuntimeError):
@@ -36,6 +36,10 @@ class RunError(RuntimeError):
 
 class NonFiniteLoss(RunError):
     pass
+
+
+class StrategyStatsError(RunError):
+    """``strategy_stats()`` returned something the run record cannot hold (not a JSON-serialisable dict)."""
 
 
 def check_compatible(scenario_cls: type[Scenario], strategy_cls: type[Strategy], names: tuple[str, str]) -> None:
@@ -164,7 +168,7 @@ def _execute(store: RunStore, cfg, scenario_cls, strategy_cls, *, resume: bool, 
             strategy.after_task(task)
             row = _evaluate_all(store, scenario, strategy, tasks, ctx, after=task.index)
             print("  eval " + "  ".join(f"{t.name}={v:.2f}" for t, v in zip(tasks, row)), file=out)
-            stats_log.append({"task": task.index, **strategy.strategy_stats()})
+            stats_log.append({"task": task.index, **_strategy_stats(strategy, task)})
             wall = wall_before + time.perf_counter() - t0
             store.save_checkpoint(task.index, {"task": task.index, "strategy": strategy.state_dict(),
                                                "wall_s": wall}, keep=cfg.train.keep_checkpoints)  # fmt: skip
@@ -181,6 +185,19 @@ def _execute(store: RunStore, cfg, scenario_cls, strategy_cls, *, resume: bool, 
         if isinstance(e, (config_mod.ConfigError, RunError)):
             raise
         raise RunError(message) from e
+
+
+def _strategy_stats(strategy: Strategy, task: Task) -> dict:
+    """The strategy's stats after ``task``, checked here so a bad value names its source instead of failing in run.json."""
+    stats = strategy.strategy_stats()
+    try:
+        if not isinstance(stats, dict):
+            raise TypeError(f"it returned a {type(stats).__name__}, not a dict")
+        dumps(stats)
+    except (TypeError, ValueError) as e:
+        raise StrategyStatsError(f"strategy_stats() after task {task.index + 1} ({task.name}) is not a JSON-serialisable "
+                                 f"dict: {e}; return numbers, strings, lists and dicts (tensor.item(), .tolist())") from e
+    return stats
 
 
 def _make_loader(scenario: Scenario, train, dataset, *, shuffle: bool = False, batch_size: int | None = None):
