@@ -80,13 +80,23 @@ def _limit(dataset: Dataset, tiny: bool, seed: int) -> Dataset:
 
 
 class _Protocol:
-    """Shared pieces of the four scenarios: transforms at the backbone's size."""
+    """Shared pieces of the four scenarios: transforms at the backbone's size; CLIP's logit scale kept fixed, as
+    ZSCL trains "all but logit_scale" (mtil/src/models/finetune.py, cil/continual_clip/models.py)."""
 
     config: Any
 
     def _transforms(self):
         size = self.config.image_size or backbone_image_size(self.config.backbone)
         return L.transform(size, train=self.config.train_augment), L.transform(size)
+
+    def _clip_model(self, ctx):
+        return ClipScenario.build_model(self, ctx)
+
+    def build_model(self, ctx):
+        model = self._clip_model(ctx)
+        if not self.config.train_logit_scale:
+            model.clip.logit_scale.requires_grad_(False)
+        return model
 
 
 # -- MTIL ------------------------------------------------------------------------------------------------------
@@ -98,6 +108,7 @@ class MtilConfig:
     backbone: str = "open_clip:ViT-B-16@openai"
     image_size: int = 0  # 0: the backbone's
     train_augment: bool = True  # ZSCL's RandomResizedCrop(scale=(0.9, 1)) on training images
+    train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     per_dataset_lr: bool = True  # ZSCL's lr per dataset (5e-5 for Aircraft and MNIST), as a factor on train.lr=1e-5
     text_loss: float = 0.0
     label_smoothing: float = 0.2  # ZSCL's --ls 0.2
@@ -178,7 +189,8 @@ class XtailConfig:
     domains: tuple[str, ...] = ()  # an explicit task order; RAIL's configs/analytic_clip.yaml order when empty
     backbone: str = "open_clip:ViT-B-16@openai"
     image_size: int = 0  # 0: the backbone's
-    train_augment: bool = True
+    train_augment: bool = True  # RandomResizedCrop(scale=(0.9, 1)) on training images (ZSCL's train transform)
+    train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     shots: int = 16  # RAIL's num_shots
     shot_seed: int = 42  # RAIL's seed (Python random for CoOp domains, numpy for MNIST)
     text_loss: float = 0.0
@@ -312,7 +324,7 @@ class _ClassIncremental(_Protocol, ClipScenario):
                                     {"class_names": list(names), "templates": self.templates()}))  # fmt: skip
         return self._tasks
 
-    def build_model(self, ctx):
+    def _clip_model(self, ctx):
         from cl_suite.models.clip import CLIPTaskModel, load_clip
 
         tasks = self.tasks()
@@ -338,7 +350,8 @@ class ClipCifar100Config:
     class_order: tuple[int, ...] = ()  # empty: ZSCL's cil/class_orders/cifar100.yaml
     backbone: str = "open_clip:ViT-B-16@openai"
     image_size: int = 0  # 0: the backbone's
-    train_augment: bool = True
+    train_augment: bool = True  # RandomResizedCrop(scale=(0.9, 1)) on training images (ZSCL's train transform)
+    train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     seed: int = 0
     text_loss: float = 0.0
     label_smoothing: float = 0.2  # ZSCL cil configs: ls 0.2
@@ -397,7 +410,8 @@ class ImagenetRConfig:
     split_seed: int = 0  # only for the tar layout (no train/test folders): our seeded 80/20 split, not PILOT's
     backbone: str = "open_clip:ViT-B-16@openai"
     image_size: int = 0  # 0: the backbone's
-    train_augment: bool = True
+    train_augment: bool = True  # RandomResizedCrop(scale=(0.9, 1)) on training images (ZSCL's train transform)
+    train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     seed: int = 0
     text_loss: float = 0.0
     label_smoothing: float = 0.2

@@ -72,6 +72,11 @@ def test_xtail_reads_coop_split_files(roots):
     assert all(t.meta["templates"] == ["a photo of a {}."] for t in tasks.values())
     assert len(tasks["dtd"].train) == 3 * 2 and len(tasks["dtd"].test) == 3 * 2  # 2 shots of 3 classes; full test
     assert len(tasks["mnist"].train) == 10 * 2
+    scenario = cd.Xtail(cd.Xtail.Config(root=str(roots["xtail"]), backbone="tiny-clip", shots=2), tiny=True)
+    model = scenario.build_model(None)
+    assert not model.clip.logit_scale.requires_grad  # ZSCL/RAIL never train CLIP's logit scale
+    batch = {"x": torch.stack([scenario.tasks()[1].test[0]["x"]])}
+    assert torch.isfinite(model.predict(batch, None)).all()  # scored over the union of the domains' classes
 
 
 def test_clip_cifar100_torchvision_files_with_checksums_disabled(tmp_path, monkeypatch):
