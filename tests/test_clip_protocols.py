@@ -141,3 +141,23 @@ def test_cards_print_the_shipped_protocols():
     assert cifar["tasks"][0]["classes"][:3] == [87, 0, 52] and cifar["train"]["lr"] == 7.1e-6
     inr = protocol_card.build("imagenet-r")
     assert len(inr["tasks"]) == 10 and inr["tasks"][0]["class_names"][0] == clip_protocols.load("imagenet_r")["class_names"][168]
+
+
+def test_readme_tables_agree_with_the_cards():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    mtil = protocol_card.build("mtil")
+    row = next(line for line in readme.splitlines() if line.startswith("| templates | per dataset:"))
+    counts = dict(re.findall(r"(\w+) (\d+)", row.split("|")[2]))
+    names = {"Aircraft": "aircraft", "Caltech101": "caltech101", "CIFAR100": "cifar100", "DTD": "dtd",
+             "EuroSAT": "eurosat", "Flowers": "flowers", "Food": "food", "MNIST": "mnist", "OxfordPet": "oxford_pet",
+             "StanfordCars": "stanford_cars", "SUN397": "sun397"}  # fmt: skip
+    assert {names[k]: int(v) for k, v in counts.items()} == {t["name"]: len(t["templates"]) for t in mtil["tasks"]}
+    xtail = protocol_card.build("xtail")
+    assert f"| order | {', '.join(t['name'] for t in xtail['tasks'])} |" in readme
+    cifar = protocol_card.build("clip-cifar100")
+    assert f"| class order | {', '.join(map(str, cifar['tasks'][0]['classes'][:5]))}, … 26, 35, 39 |" in readme
+    inr = protocol_card.build("imagenet-r")
+    assert f"({', '.join(map(str, inr['tasks'][0]['classes'][:5]))}, …)" in readme
