@@ -163,6 +163,9 @@ class Mtil(_Protocol, ClipScenario):
                 train, test, tv_names = L.read_torchvision(name, spec["torchvision"], folder, spec["train_kwargs"],
                                                            spec["test_kwargs"], transforms)  # fmt: skip
                 names = spec.get("class_names") or [n.replace("_", " ") for n in tv_names]
+                if tv_names and len(tv_names) != len(names):
+                    raise MissingData(f"dataset {name!r}: {folder} holds {len(tv_names)} classes; expected "
+                                      f"{len(names)} (torchvision.datasets.{spec['torchvision']} files of the full set)")
             train, test = _limit(train, self.tiny, 0), _limit(test, self.tiny, 0)
             meta = {"split": spec["split"], "lr_scale": self._lr_scale(spec)}
             out.append(Domain(name, tuple(names), tuple(spec["templates"]), DictItems(train), DictItems(test), meta))

@@ -121,6 +121,11 @@ def test_missing_data_names_dataset_path_and_layout(roots, tmp_path):
     (tmp_path / "aircraft" / "test").mkdir()
     with pytest.raises(MissingData, match=r"aircraft.*classnames.txt"):
         cd.Mtil(cd.Mtil.Config(root=str(tmp_path))).check_data()
+    fx = _fixtures()
+    fx.caltech101_files(tmp_path / "caltech101", np.random.default_rng(0))
+    next((tmp_path / "caltech101" / "caltech101" / "101_ObjectCategories").glob("category_05*")).rename(tmp_path / "gone")
+    with pytest.raises(MissingData, match=r"dataset 'caltech101': .* holds 100 classes; expected 101"):
+        cd.Mtil(cd.Mtil.Config(root=str(tmp_path), domains=("caltech101",), backbone="tiny-clip")).tasks()
     with pytest.raises(MissingData, match=r"split_zhou_Caltech101.json"):
         cd.Xtail(cd.Xtail.Config(root=str(tmp_path), domains=("caltech101",))).check_data()
     with pytest.raises(MissingData, match=r"imagenet-r.*n01443537"):
