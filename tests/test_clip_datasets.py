@@ -158,3 +158,23 @@ def test_tiny_runs_with_tiny_clip(protocol, roots, tmp_path, capsys):
                      "--results", str(tmp_path)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     assert len(list(tmp_path.rglob("run.json"))) == 1
+
+
+def test_a_tasks_lr_scale_multiplies_the_learning_rate(tmp_path, monkeypatch):
+    """The runner's per-task factor (Task.meta["lr_scale"]) that carries ZSCL's per-dataset learning rates."""
+    import dataclasses
+    import json
+
+    from scenarios.digits import DigitsTiny
+
+    tasks = DigitsTiny.tasks
+
+    def scaled(self):
+        return [dataclasses.replace(t, meta={**t.meta, "lr_scale": 5.0}) if t.index == 1 else t for t in tasks(self)]
+
+    monkeypatch.setattr(DigitsTiny, "tasks", scaled)
+    assert cli.main(["run", "--scenario", "digits-tiny", "--strategy", "finetune", "--tiny", "--set", "train.max_steps=2",
+                     "--set", "train.lr=0.01", "--results", str(tmp_path)]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in next(tmp_path.rglob("train.jsonl")).read_text().splitlines()]
+    lr = {r["task"]: r["lr"] for r in rows if r.get("step") == 2}
+    assert lr[0] == pytest.approx(0.01) and lr[1] == pytest.approx(0.05)
