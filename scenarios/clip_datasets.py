@@ -25,6 +25,7 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from cl_suite.api import MissingData, Task
+from cl_suite.config import ConfigError
 from scenarios import clip_layouts as L
 from scenarios import clip_protocols
 from scenarios.clip_tasks import TINY_EXAMPLES, TINY_TASKS, ClipScenario, Domain
@@ -134,7 +135,7 @@ class Mtil(_Protocol, ClipScenario):
         names = tuple(self.config.domains) or tuple(data["order_II" if self.config.order == "II" else "order_I"])
         unknown = [n for n in names if n not in data["datasets"]]
         if unknown:
-            raise ValueError(f"unknown MTIL datasets {unknown}; accepted: {', '.join(data['datasets'])}")
+            raise ConfigError(f"unknown MTIL datasets {unknown}; accepted: {', '.join(data['datasets'])}")
         return names[:TINY_TASKS] if self.tiny else names
 
     def _lr_scale(self, spec: dict, base: float = 1e-5) -> float:
@@ -215,12 +216,15 @@ class Xtail(_Protocol, ClipScenario):
         names = tuple(self.config.domains) or tuple(data["order"])
         unknown = [n for n in names if n not in data["coop"] and n != "mnist"]
         if unknown:
-            raise ValueError(f"unknown X-TAIL datasets {unknown}; accepted: {', '.join(data['order'])}")
+            raise ConfigError(f"unknown X-TAIL datasets {unknown}; accepted: {', '.join(data['order'])}")
         return names[:TINY_TASKS] if self.tiny else names
 
     def _folder(self, name: str) -> Path:
-        data = clip_protocols.load(XTAIL)
-        return Path(self.config.root) / (data["coop"][name]["dataset_dir"] if name in data["coop"] else name)
+        """RAIL's folder name; CoOp's where only that exists (Caltech101: RAIL 'caltech101', CoOp 'caltech-101')."""
+        spec = clip_protocols.load(XTAIL)["coop"].get(name, {})
+        folder = Path(self.config.root) / spec.get("dataset_dir", name)
+        alias = Path(self.config.root) / spec.get("coop_dataset_dir", spec.get("dataset_dir", name))
+        return alias if not folder.exists() and alias.exists() else folder
 
     def check_data(self) -> None:
         data = clip_protocols.load(XTAIL)

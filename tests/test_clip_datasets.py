@@ -72,11 +72,18 @@ def test_xtail_reads_coop_split_files(roots):
     assert all(t.meta["templates"] == ["a photo of a {}."] for t in tasks.values())
     assert len(tasks["dtd"].train) == 3 * 2 and len(tasks["dtd"].test) == 3 * 2  # 2 shots of 3 classes; full test
     assert len(tasks["mnist"].train) == 10 * 2
-    scenario = cd.Xtail(cd.Xtail.Config(root=str(roots["xtail"]), backbone="tiny-clip", shots=2), tiny=True)
+    root = roots["xtail"]
+    scenario = cd.Xtail(cd.Xtail.Config(root=str(root), backbone="tiny-clip", shots=2), tiny=True)
     model = scenario.build_model(None)
     assert not model.clip.logit_scale.requires_grad  # ZSCL/RAIL never train CLIP's logit scale
     batch = {"x": torch.stack([scenario.tasks()[1].test[0]["x"]])}
     assert torch.isfinite(model.predict(batch, None)).all()  # scored over the union of the domains' classes
+    (root / "caltech101").rename(root / "caltech-101")  # CoOp's DATASETS.md folder name is read too
+    try:
+        alias = cd.Xtail(cd.Xtail.Config(root=str(root), backbone="tiny-clip", shots=2), tiny=True).tasks()
+        assert alias[1].meta["class_names"] == tasks["caltech101"].meta["class_names"]
+    finally:
+        (root / "caltech-101").rename(root / "caltech101")
 
 
 def test_clip_cifar100_torchvision_files_with_checksums_disabled(tmp_path, monkeypatch):

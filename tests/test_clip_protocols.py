@@ -23,7 +23,9 @@ ZSCL, RAIL = "b96e71423e2cbd592ddd229aaf2f1e889b86f1af", "eaac644e1acc2d10e2a686
 
 def test_files_name_their_sources_with_commits():
     for name, commit in (("mtil_zscl", ZSCL), ("xtail_rail", RAIL), ("cifar100_zscl_cil", ZSCL)):
-        assert all(s["commit"] == commit for s in clip_protocols.sources(name))
+        assert all(s["commit"] == commit for s in clip_protocols.sources(name) if s["repo"] != "KaiyangZhou/CoOp")
+    coop = [s for s in clip_protocols.sources("xtail_rail") if s["repo"] == "KaiyangZhou/CoOp"]
+    assert [s["commit"] for s in coop] == ["ff61507c790454bce7c5052c3ac39e60772f1f89"]
     assert {s["repo"] for s in clip_protocols.sources("imagenet_r")} == {
         "hendrycks/imagenet-r", "Thunderbeee/ZSCL", "sun-hailong/LAMDA-PILOT"}  # fmt: skip
 
