@@ -347,7 +347,8 @@ class _ClassIncremental(_Protocol, ClipScenario):
         n = TINY_TASKS if self.tiny else self.config.n_tasks
         return [{"name": f"{self.dataset_name}-{t}", "classes": order[t * per : (t + 1) * per],
                  "class_names": names if isinstance(names, str) else [names[i] for i in order[t * per : (t + 1) * per]],
-                 "templates": self.templates(), "train_template": self.templates()[0]} for t in range(n)]  # fmt: skip
+                 "templates": self.templates(), "train_template": self.templates()[0], "shots": "all"}
+                for t in range(n)]  # fmt: skip
 
 
 @dataclass
@@ -402,7 +403,10 @@ class ClipCifar100(_ClassIncremental):
 
     def describe(self) -> dict[str, Any]:
         data = clip_protocols.load(CIL_CIFAR)
-        return {"tasks": self._card_tasks(data["class_names_from"]), "sources": clip_protocols.sources(CIL_CIFAR),
+        tasks = self._card_tasks(data["class_names_from"])
+        for task in tasks:
+            task["split"] = "torchvision CIFAR100 train=True / train=False (or the train/ and test/ index folders)"
+        return {"tasks": tasks, "sources": clip_protocols.sources(CIL_CIFAR),
                 "notes": [f"recipe (ZSCL cil): {data['recipe']}", "training scores the current task's classes; "
                           "evaluation the classes seen so far",
                           "layouts: torchvision CIFAR100 files in ROOT/cifar100, or ROOT/cifar100/{train,test}/"
