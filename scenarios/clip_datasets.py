@@ -128,7 +128,6 @@ class Mtil(_Protocol, ClipScenario):
     # (src/utils.py cosine_lr); lr 1e-5 with 5e-5 for Aircraft and MNIST (per-task factor, see per_dataset_lr)
     train_defaults = {"max_steps": 1000, "batch_size": 64, "optimizer": "adamw", "lr": 1e-5, "weight_decay": 0.0,
                       "scheduler": "cosine", "warmup_steps": 100}  # fmt: skip
-    protocol = MTIL
 
     def order(self) -> tuple[str, ...]:
         data = clip_protocols.load(MTIL)
