@@ -157,8 +157,9 @@ def test_bad_input_is_one_line_exit_2_before_any_run_folder(args, tmp_path, caps
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("protocol", ["mtil", "xtail", "clip-cifar100", "imagenet-r"])
+@pytest.mark.parametrize("protocol", [  # mtil (34 templates x 101 Caltech classes) and imagenet-r (80 x 200) take 60-80 s
+    pytest.param("mtil", marks=pytest.mark.slow), "xtail", "clip-cifar100", pytest.param("imagenet-r", marks=pytest.mark.slow),
+])  # fmt: skip
 def test_tiny_runs_with_tiny_clip(protocol, roots, tmp_path, capsys):
     code = cli.main(["run", "--scenario", protocol, "--strategy", "finetune", "--tiny", "--set", "backbone=tiny-clip",
                      "--set", f"scenario.root={roots[protocol]}", "--set", "train.max_steps=2",
