@@ -5,8 +5,9 @@ imagenet-r), so each protocol runs end to end without the real datasets:
     cl-suite run --scenario mtil --strategy finetune --tiny --set backbone=tiny-clip --set scenario.root=DIR/mtil
 
 Images are random 8x8 pictures; class names are placeholders where the real ones come from the dataset files.
-Layouts (scenarios/clip_layouts.py): torchvision files for Caltech101, EuroSAT, SUN397 and MNIST (MTIL) and MNIST
-(X-TAIL), index folders for the other MTIL datasets and CIFAR-100, CoOp split files for X-TAIL, PILOT's
+Layouts (scenarios/clip_layouts.py): MTIL as ZSCL's one data location of torchvision files (Aircraft, Caltech101,
+DTD, EuroSAT, Food-101, MNIST, Oxford Pets, SUN397) plus index folders with classnames.txt (Stanford Cars, CIFAR-100)
+or with ZSCL's list (Flowers); CoOp split files and MNIST for X-TAIL; index folders for CIFAR-100; PILOT's
 train/test wnid folders for ImageNet-R.
 """
 
@@ -59,7 +60,7 @@ def mnist_files(root: Path, per_class: int, rng) -> None:
 
 
 def caltech101_files(root: Path, rng) -> None:
-    """torchvision Caltech101: 101 category folders (+ BACKGROUND_Google, which torchvision drops)."""
+    """torchvision Caltech101 under ``root``: 101 category folders (+ BACKGROUND_Google, which torchvision drops)."""
     base = root / "caltech101" / "101_ObjectCategories"
     for name in ["BACKGROUND_Google"] + [f"category_{i:03d}" for i in range(101)]:
         _images(base / name, 1 if name != "category_000" else 5, rng, "image_{:04d}.jpg")  # torchvision's names (1-based)
@@ -80,19 +81,69 @@ def sun397_files(root: Path, rng) -> None:
         _images(base / c.lstrip("/"), 3, rng, "sun_{}.jpg")
 
 
+def aircraft_files(root: Path, rng, classes=("707-320", "F/A-18", "A300B4")) -> None:
+    """torchvision FGVCAircraft: data/variants.txt, data/images_variant_<split>.txt, data/images/<id>.jpg."""
+    data = root / "fgvc-aircraft-2013b" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "variants.txt").write_text("\n".join(classes) + "\n")
+    for split in ("train", "val", "test"):
+        lines = []
+        for k, c in enumerate(classes):
+            for i in range(2):
+                stem = f"{split}{k}{i}"
+                _image(data / "images" / f"{stem}.jpg", rng)
+                lines.append(f"{stem} {c}")
+        (data / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def dtd_files(root: Path, rng, classes=("banded", "blotchy")) -> None:
+    """torchvision DTD: dtd/dtd/labels/<split>1.txt ("class/file.jpg" lines) and dtd/dtd/images/."""
+    base = root / "dtd" / "dtd"
+    (base / "labels").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        lines = [f"{c}/{c}_{split}{i}.jpg" for c in classes for i in range(2)]
+        for line in lines:
+            _image(base / "images" / line, rng)
+        (base / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
+
+
+def food101_files(root: Path, rng, classes=("apple_pie", "ramen")) -> None:
+    """torchvision Food101: food-101/meta/<split>.json ({class: ["class/id", ...]}) and food-101/images/."""
+    base = root / "food-101"
+    (base / "meta").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        meta = {c: [f"{c}/{split}{i}" for i in range(2)] for c in classes}
+        for rels in meta.values():
+            for rel in rels:
+                _image(base / "images" / f"{rel}.jpg", rng)
+        (base / "meta" / f"{split}.json").write_text(json.dumps(meta))
+
+
+def pet_files(root: Path, rng, classes=("Abyssinian", "american_bulldog")) -> None:
+    """torchvision OxfordIIITPet: oxford-iiit-pet/annotations/<split>.txt ("<id> <label> <species> <breed>")."""
+    base = root / "oxford-iiit-pet"
+    (base / "annotations").mkdir(parents=True, exist_ok=True)
+    for split in ("trainval", "test"):
+        lines = []
+        for k, c in enumerate(classes):
+            for i in range(2):
+                image_id = f"{c}_{split}{i}"
+                _image(base / "images" / f"{image_id}.jpg", rng)
+                lines.append(f"{image_id} {k + 1} 1 1")
+        (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
 def build_mtil(root: Path, rng) -> None:
+    """ZSCL's layout: torchvision's files side by side in one data location (``root``), for 8 of the 11 datasets;
+    index folders (+ classnames.txt) for Flowers, Stanford Cars and CIFAR-100."""
     from scenarios import clip_protocols
 
     data = clip_protocols.load("mtil_zscl")["datasets"]
-    caltech101_files(root / "caltech101", rng)
-    eurosat_files(root / "eurosat", rng)
-    sun397_files(root / "sun397", rng)
-    mnist_files(root / "mnist", 2, rng)
-    placeholder = {"aircraft": ["707-320", "F/A-18", "A300B4"], "dtd": ["banded", "blotchy"], "food": ["apple_pie", "ramen"],
-                   "oxford_pet": ["Abyssinian", "american_bulldog"], "stanford_cars": ["AM General Hummer SUV 2000", "Audi S4 Sedan 2012"],
-                   "cifar100": ["apple", "aquarium_fish", "baby"]}  # fmt: skip
-    for name in ("aircraft", "dtd", "food", "oxford_pet", "stanford_cars", "cifar100"):
-        index_folders(root / name, len(placeholder[name]), 2, rng, placeholder[name])
+    for write in (caltech101_files, eurosat_files, sun397_files, aircraft_files, dtd_files, food101_files, pet_files):
+        write(root, rng)
+    mnist_files(root, 2, rng)
+    index_folders(root / "stanford_cars", 2, 2, rng, ["AM General Hummer SUV 2000", "Ram C/V Cargo Van Minivan 2012"])
+    index_folders(root / "cifar100", 3, 2, rng, ["apple", "aquarium_fish", "baby"])
     index_folders(root / "flowers", len(data["flowers"]["class_names"]), 1, rng)
 
 
@@ -125,7 +176,7 @@ def build_xtail(root: Path, rng) -> None:
                     _image(images / rel, rng)
                     split[part].append([rel, k, c])
         (folder / spec["split_file"]).write_text(json.dumps(split))
-    mnist_files(root / "mnist", 3, rng)
+    mnist_files(root, 3, rng)  # RAIL reads MNIST from ZSCL's data location
 
 
 def build_cifar100(root: Path, rng) -> None:

@@ -147,7 +147,7 @@ class Mtil(_Protocol, ClipScenario):
             if L.has_folders(folder):
                 L.folder_names(name, folder, spec.get("class_names"))
             else:
-                L.check_torchvision(name, spec["torchvision"], folder)
+                L.check_torchvision(name, spec["torchvision"], (Path(self.config.root), folder))
 
     def domains(self) -> list[Domain]:
         self.check_data()
@@ -160,7 +160,8 @@ class Mtil(_Protocol, ClipScenario):
                     names = [n.replace("_", " ") for n in names]  # ZSCL's process_labels
                 train, test = L.read_folders(name, folder, names, transforms)
             else:
-                train, test, tv_names = L.read_torchvision(name, spec["torchvision"], folder, spec["train_kwargs"],
+                roots = (Path(self.config.root), folder)  # ZSCL's one data location, or a folder per dataset
+                train, test, tv_names = L.read_torchvision(name, spec["torchvision"], roots, spec["train_kwargs"],
                                                            spec["test_kwargs"], transforms)  # fmt: skip
                 names = spec.get("class_names") or [n.replace("_", " ") for n in tv_names]
                 if tv_names and len(tv_names) != len(names):
@@ -229,7 +230,7 @@ class Xtail(_Protocol, ClipScenario):
         data = clip_protocols.load(XTAIL)
         for name in self.order():
             if name == "mnist":
-                L.check_torchvision(name, data["mnist"]["torchvision"], self._folder(name))
+                L.check_torchvision(name, data["mnist"]["torchvision"], (Path(self.config.root), self._folder(name)))
             else:
                 L.check_coop(name, self._folder(name), data["coop"][name])
 
@@ -239,8 +240,8 @@ class Xtail(_Protocol, ClipScenario):
         order, read, mnist = self.order(), {}, None
         for name in order:
             if name == "mnist":
-                mnist = L.read_torchvision(name, "MNIST", self._folder(name), {"train": True}, {"train": False},
-                                           (train_tf, test_tf))  # fmt: skip
+                roots = (Path(self.config.root), self._folder(name))  # RAIL reads MNIST from ZSCL's data location
+                mnist = L.read_torchvision(name, "MNIST", roots, {"train": True}, {"train": False}, (train_tf, test_tf))
             else:
                 read[name] = L.read_coop(name, self._folder(name), data["coop"][name])
         picks = L.rail_few_shot(order, {n: [y for _, y, _ in tr] for n, (tr, _) in read.items()},
@@ -385,7 +386,7 @@ class ClipCifar100(_ClassIncremental):
         if L.has_folders(folder):
             L.folder_names("cifar100", folder, None)
         else:
-            L.check_torchvision("cifar100", "CIFAR100", folder)
+            L.check_torchvision("cifar100", "CIFAR100", (folder, Path(self.config.root)))
 
     def load(self):
         self.check_data()
@@ -394,7 +395,8 @@ class ClipCifar100(_ClassIncremental):
             names = L.folder_names("cifar100", folder, None)
             train, test = L.read_folders("cifar100", folder, names, transforms)
         else:
-            train, test, names = L.read_torchvision("cifar100", "CIFAR100", folder, {"train": True}, {"train": False},
+            train, test, names = L.read_torchvision("cifar100", "CIFAR100", (folder, Path(self.config.root)),
+                                                    {"train": True}, {"train": False},
                                                     transforms)  # fmt: skip
         if len(names) != 100:
             raise MissingData(f"dataset 'cifar100': {folder} has {len(names)} classes; expected 100")

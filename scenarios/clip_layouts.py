@@ -131,20 +131,25 @@ def read_folders(dataset: str, folder: Path, names: Sequence[str], transforms) -
 
 
 # -- torchvision -----------------------------------------------------------------------------------------------
-def check_torchvision(dataset: str, tv_name: str, folder: Path) -> None:
-    path = folder / TORCHVISION_FILES[tv_name]
-    if not path.exists():
-        raise missing(dataset, path, f"torchvision.datasets.{tv_name}(root={str(folder)!r}) files (download=True once "
-                      f"online), or {FOLDER_LAYOUT.format(d=folder)}")  # fmt: skip
+def check_torchvision(dataset: str, tv_name: str, roots: Path | Sequence[Path]) -> Path:
+    """The first of ``roots`` holding torchvision's files of ``tv_name`` (ZSCL's one ``--data-location`` for every
+    dataset, or a folder per dataset); else MissingData naming the first."""
+    roots = [roots] if isinstance(roots, Path) else list(roots)
+    for root in roots:
+        if (root / TORCHVISION_FILES[tv_name]).exists():
+            return root
+    where = " or ".join(repr(str(r)) for r in roots)
+    raise missing(dataset, roots[0] / TORCHVISION_FILES[tv_name], f"torchvision.datasets.{tv_name}(root={where}) files "
+                  f"(download=True once online), or {FOLDER_LAYOUT.format(d=roots[-1])}")  # fmt: skip
 
 
-def read_torchvision(dataset: str, tv_name: str, folder: Path, train_kwargs: dict | None, test_kwargs: dict | None,
-                     transforms, *, split_seed: int = 42, split_ratio: float = 0.8):  # fmt: skip
+def read_torchvision(dataset: str, tv_name: str, roots: Path | Sequence[Path], train_kwargs: dict | None,
+                     test_kwargs: dict | None, transforms, *, split_seed: int = 42, split_ratio: float = 0.8):  # fmt: skip
     """(train, test, torchvision's class names). ``train_kwargs is None``: ZSCL's 80/20 ``random_split`` of the one set."""
     import torch
     from torchvision import datasets
 
-    check_torchvision(dataset, tv_name, folder)
+    folder = check_torchvision(dataset, tv_name, roots)
     cls = getattr(datasets, tv_name)
     try:
         if train_kwargs is None:

@@ -43,9 +43,15 @@ def test_mtil_reads_torchvision_files_and_index_folders(roots):
     tasks = {t.name: t for t in _tasks(cd.Mtil, roots["mtil"])}
     data = clip_protocols.load("mtil_zscl")["datasets"]
     assert list(tasks) == clip_protocols.load("mtil_zscl")["order_I"]
-    # names with "/" from classnames.txt (torchvision's names, '_' -> ' '), never from the index folders
-    assert tasks["aircraft"].meta["class_names"] == ["707-320", "F/A-18", "A300B4"]
+    # torchvision's names ('_' -> ' ' as ZSCL's process_labels), "/" included; index folders: classnames.txt
+    assert tasks["aircraft"].meta["class_names"] == ["707-320", "F/A-18", "A300B4"]  # FGVCAircraft variants.txt
+    assert len(tasks["aircraft"].train) == 6  # split="train" (ZSCL), not trainval (12)
+    assert tasks["dtd"].meta["class_names"] == ["banded", "blotchy"]
+    assert tasks["food"].meta["class_names"] == ["apple pie", "ramen"]
+    assert tasks["oxford_pet"].meta["class_names"] == ["Abyssinian", "American Bulldog"]
+    assert tasks["stanford_cars"].meta["class_names"][1] == "Ram C/V Cargo Van Minivan 2012"
     assert tasks["cifar100"].meta["class_names"][1] == "aquarium fish"
+    assert tasks["flowers"].meta["class_names"] == data["flowers"]["class_names"]
     assert tasks["sun397"].meta["class_names"] == ["abbey", "apartment building/outdoor", "bakery/shop"]
     assert tasks["eurosat"].meta["class_names"] == data["eurosat"]["class_names"]  # ZSCL's list, not "AnnualCrop"
     assert tasks["caltech101"].meta["class_names"][0] == "off-center face"
@@ -129,8 +135,8 @@ def test_missing_data_names_dataset_path_and_layout(roots, tmp_path):
     with pytest.raises(MissingData, match=r"aircraft.*classnames.txt"):
         cd.Mtil(cd.Mtil.Config(root=str(tmp_path))).check_data()
     fx = _fixtures()
-    fx.caltech101_files(tmp_path / "caltech101", np.random.default_rng(0))
-    next((tmp_path / "caltech101" / "caltech101" / "101_ObjectCategories").glob("category_05*")).rename(tmp_path / "gone")
+    fx.caltech101_files(tmp_path, np.random.default_rng(0))  # ZSCL: one data location
+    next((tmp_path / "caltech101" / "101_ObjectCategories").glob("category_05*")).rename(tmp_path / "gone")
     with pytest.raises(MissingData, match=r"dataset 'caltech101': .* holds 100 classes; expected 101"):
         cd.Mtil(cd.Mtil.Config(root=str(tmp_path), domains=("caltech101",), backbone="tiny-clip")).tasks()
     with pytest.raises(MissingData, match=r"split_zhou_Caltech101.json"):
