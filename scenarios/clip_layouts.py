@@ -2,9 +2,10 @@
 
 Layouts (``DIR`` is ``scenario.root``):
 
-- **torchvision** (MTIL, clip-cifar100, X-TAIL's MNIST): the files ``torchvision.datasets.<Name>(DIR/<dataset>)``
-  reads, opened with ``download=False``; where ZSCL makes an 80/20 split of one set (Caltech101, EuroSAT, SUN397)
-  it is ``torch.utils.data.random_split`` with ``torch.Generator().manual_seed(42)``, as ZSCL does.
+- **torchvision** (MTIL, clip-cifar100, X-TAIL's MNIST): the files ``torchvision.datasets.<Name>(root)`` reads,
+  opened with ``download=False``, with ``root`` ZSCL's one data location ``DIR`` or a folder per dataset
+  ``DIR/<dataset>``; where ZSCL makes an 80/20 split of one set (Caltech101, EuroSAT, SUN397) it is
+  ``torch.utils.data.random_split`` with ``torch.Generator().manual_seed(42)``, as ZSCL does.
 - **folders**: ``DIR/<dataset>/train/<k>/*`` and ``DIR/<dataset>/test/<k>/*`` with ``<k>`` the class *index* in the
   protocol's label order (names with "/" cannot be folder names); names from the protocol's list, else from
   ``DIR/<dataset>/classnames.txt`` (one name per line, in label order, as torchvision would give them).
