@@ -230,7 +230,8 @@ def _train_task(store: RunStore, strategy: Strategy, task: Task, ctx: Context, p
     optimizer = strategy.configure_optimizer(params)
     loader = ctx.loader(strategy.train_data(task), shuffle=True)
     total = train.max_steps or (train.epochs if epochs is None else epochs) * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(train, total))
+    factor, lr_scale = _schedule(train, total), float(task.meta.get("lr_scale", 1.0))  # a protocol's per-task lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_scale * factor(step))
     amp = train.precision != "fp32"
     amp_dtype = torch.bfloat16 if train.precision == "bf16" else torch.float16
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=train.precision == "fp16")

@@ -18,7 +18,7 @@ Full-scale protocols (mtil, xtail, clip-cifar100, imagenet-r) are in scenarios/c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ class Domain:
     templates: tuple[str, ...]
     train: Dataset
     test: Dataset
+    meta: dict = field(default_factory=dict)  # more task meta: split, shots, the protocol's lr_scale
 
 
 class OffsetLabels(Dataset):
@@ -87,7 +88,7 @@ class ClipScenario(Scenario):
                 classes = tuple(range(offset, offset + len(d.class_names)))
                 self._tasks.append(Task(
                     index=i, name=d.name, train=OffsetLabels(d.train, offset), test=OffsetLabels(d.test, offset),
-                    classes=classes, meta={"class_names": list(d.class_names), "templates": list(d.templates)},
+                    classes=classes, meta={"class_names": list(d.class_names), "templates": list(d.templates), **d.meta},
                 ))  # fmt: skip
                 offset += len(d.class_names)
         return self._tasks
