@@ -111,7 +111,8 @@ class MtilConfig:
     train_augment: bool = True  # ZSCL's RandomResizedCrop(scale=(0.9, 1)) on training images
     train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     per_dataset_lr: bool = True  # ZSCL's lr per dataset (5e-5 for Aircraft and MNIST), as a factor on train.lr=1e-5
-    text_loss: float = 0.0
+    text_loss: float = 0.0  # text->image term weight (1.0 under rank-selective-lora and mora)
+    text_loss_form: Literal["official", "present-mean"] = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
     label_smoothing: float = 0.2  # ZSCL's --ls 0.2
 
 
@@ -197,7 +198,8 @@ class XtailConfig:
     train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     shots: int = 16  # RAIL's num_shots
     shot_seed: int = 42  # RAIL's seed (Python random for CoOp domains, numpy for MNIST)
-    text_loss: float = 0.0
+    text_loss: float = 0.0  # text->image term weight (1.0 under rank-selective-lora and mora)
+    text_loss_form: Literal["official", "present-mean"] = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
     label_smoothing: float = 0.0
 
 
@@ -340,6 +342,7 @@ class _ClassIncremental(_Protocol, ClipScenario):
         return CLIPTaskModel(clip, tokenizer, names, [tuple(tasks[0].meta["templates"])] * len(names),
                              [t.classes for t in tasks], self.backbone, eval_classes=self.eval_classes,
                              loss_classes=self.loss_classes, text_loss=self.config.text_loss,
+                             text_loss_form=self.config.text_loss_form,
                              label_smoothing=self.config.label_smoothing)  # fmt: skip
 
     def _card_tasks(self, names: list[str] | str) -> list[dict]:
@@ -361,7 +364,8 @@ class ClipCifar100Config:
     train_augment: bool = True  # RandomResizedCrop(scale=(0.9, 1)) on training images (ZSCL's train transform)
     train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     seed: int = 0
-    text_loss: float = 0.0
+    text_loss: float = 0.0  # text->image term weight (1.0 under rank-selective-lora and mora)
+    text_loss_form: Literal["official", "present-mean"] = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
     label_smoothing: float = 0.2  # ZSCL cil configs: ls 0.2
 
 
@@ -425,7 +429,8 @@ class ImagenetRConfig:
     train_augment: bool = True  # RandomResizedCrop(scale=(0.9, 1)) on training images (ZSCL's train transform)
     train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     seed: int = 0
-    text_loss: float = 0.0
+    text_loss: float = 0.0  # text->image term weight (1.0 under rank-selective-lora and mora)
+    text_loss_form: Literal["official", "present-mean"] = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
     label_smoothing: float = 0.2
 
 

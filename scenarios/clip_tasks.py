@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ class OffsetLabels(Dataset):
 
 class ClipScenario(Scenario):
     """Shared machinery: domains -> tasks over one global label space -> a CLIPTaskModel. Subclasses give
-    ``domains()`` and their config (with at least ``backbone``, ``text_loss``, ``label_smoothing``)."""
+    ``domains()`` and their config (with at least ``backbone``, ``text_loss``, ``text_loss_form``, ``label_smoothing``)."""
 
     setting = "til"
     provides = frozenset({"features", "logits", "linear_targets", "blocks"})
@@ -103,7 +104,7 @@ class ClipScenario(Scenario):
         c = self.config
         return CLIPTaskModel(clip, tokenizer, names, templates, [t.classes for t in tasks], self.backbone,
                              eval_classes=self.eval_classes, loss_classes=self.loss_classes, text_loss=c.text_loss,
-                             text_loss_form=getattr(c, "text_loss_form", "official"),
+                             text_loss_form=c.text_loss_form,
                              label_smoothing=c.label_smoothing)  # fmt: skip
 
     def evaluate(self, predict, task: Task, ctx: Context) -> dict[str, float]:
@@ -196,7 +197,7 @@ class ClipTinyConfig:
     backbone: str = "tiny-clip"
     split_seed: int = 0
     text_loss: float = 0.0  # weight of the text->image loss term (CoDyRA and MoRAM's runners: 1.0)
-    text_loss_form: str = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
+    text_loss_form: Literal["official", "present-mean"] = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
     label_smoothing: float = 0.0
 
 
