@@ -74,7 +74,7 @@ class ALoRA(AdapterBankStrategy):
                              f"{c.prune_per_round}")  # fmt: skip
         model.requires_grad_(False)
         self.layers = inject(model, c.targets, backend=ctx.kernel_backend)
-        self.allocation = {name: c.rank for name in self.layers}
+        self.allocation = dict.fromkeys(self.layers, c.rank)
 
     @property
     def budget(self) -> int:
@@ -90,7 +90,7 @@ class ALoRA(AdapterBankStrategy):
     # -- per task --------------------------------------------------------------------------------------------
     def before_task(self, task: Task) -> None:
         if not self.config.carry_allocation:
-            self.allocation = {name: self.config.rank for name in self.layers}
+            self.allocation = dict.fromkeys(self.layers, self.config.rank)
         for name, layer in self.layers.items():
             if layer.groups:  # a task that ended without after_task (never in the runner): start clean
                 layer.prune_groups(list(range(len(layer.groups))))
