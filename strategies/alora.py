@@ -16,15 +16,17 @@ Each rank has a gate that is 1 or 0 (here a pruned rank is removed from the laye
   ``rounds`` rounds; each prunes the ``prune_per_round`` ranks with the lowest importance over all modules, then
   gives the same number of fresh ranks (``A`` kaiming, ``B`` zero, same scale ``α / r0``) to the modules that lost no
   rank in that round, one at a time in order of their summed importance, and trains ``round_epochs`` more epochs
-  (each round is a runner pass with a fresh optimizer, :meth:`next_round`). The total rank therefore never exceeds
-  ``R``; it stays at ``R`` unless every module lost a rank (then nothing can receive the freed budget).
+  (each round is a runner pass with a fresh optimizer, :meth:`next_round`). When every module lost a rank in the
+  round (small models; the paper's description does not cover it), the fresh ranks go to all modules in order of
+  the summed importance of their surviving ranks. The total rank therefore stays at ``R`` through every round.
 
 Continual-learning framing (ours; the paper fine-tunes one task): every task starts a fresh ALoRA at ``r0`` per
 module (``carry_allocation=true``: at the previous task's final allocation, same budget), runs the rounds within the
 task, and merges the surviving ranks into the frozen weights at the end, so inference costs nothing extra.
 
 Simplifications (README): the importance is the ablation term only (the paper's full estimator could not be checked
-against code); the reallocation order and the rounds' spacing by epochs are our choices; no LoRA dropout; the
+against code); the reallocation order, its fallback when every module lost a rank, and the rounds' spacing by epochs are our
+choices; no LoRA dropout; the
 classifier head of models that have one trains alongside, as in every adapter strategy here.
 """
 
@@ -133,7 +135,8 @@ class ALoRA(AdapterBankStrategy):
 
     @torch.no_grad()
     def prune_and_reallocate(self, scores: dict[tuple[str, int, int], float]) -> dict:
-        """Prune the lowest-importance ranks over all modules, give as many fresh ranks to modules that lost none."""
+        """Prune the lowest-importance ranks over all modules, give as many fresh ranks to modules that lost none
+        (ordered by summed importance of their surviving ranks; every module when none is left)."""
         n = min(self.config.prune_per_round or self.config.rank, len(scores))
         pruned = sorted(scores, key=lambda k: (scores[k], k))[:n]
         lost: dict[str, int] = {}
@@ -146,10 +149,12 @@ class ALoRA(AdapterBankStrategy):
                 keep = torch.ones(layer.groups[gi].rank, dtype=torch.bool)
                 keep[[i for g, i in drop if g == gi]] = False
                 layer.prune_ranks(gi, keep)
-        summed = {name: sum(v for (ln, _, _), v in scores.items() if ln == name) for name in self.layers}
-        recipients = sorted((name for name in self.layers if name not in lost), key=lambda m: (-summed[m], m))
+        gone = set(pruned)
+        summed = {name: sum(v for k, v in scores.items() if k[0] == name and k not in gone) for name in self.layers}
+        recipients = [name for name in self.layers if name not in lost] or list(self.layers)  # fallback: see above
+        recipients.sort(key=lambda m: (-summed[m], m))
         added: dict[str, int] = {}
-        for j in range(n if recipients else 0):
+        for j in range(n):
             name = recipients[j % len(recipients)]
             added[name] = added.get(name, 0) + 1
         for name, k in added.items():
