@@ -104,7 +104,9 @@ class InfLoRA(AdapterBankStrategy):
         super().setup(model, ctx)
         c = self.config
         if c.rank < 1 or c.scan_batches < 0:
-            raise ValueError(f"strategy.rank must be >= 1 and strategy.scan_batches >= 0, got {c.rank}, {c.scan_batches}")
+            raise ValueError(
+                f"strategy.rank must be >= 1 and strategy.scan_batches >= 0, got {c.rank}, {c.scan_batches}"
+            )
         if not 0 < c.lamb <= 1 or not 0 < c.lame <= 1:
             raise ValueError(f"strategy.lamb and strategy.lame must be in (0, 1], got {c.lamb} and {c.lame}")
         if c.loss not in ("auto", "task_head", "model"):
