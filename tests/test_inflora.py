@@ -130,3 +130,21 @@ def test_earlier_tasks_are_untouched_in_the_ideal_case():
         shifts[protect] = float((strategy.model.features({"x": x_old}) - before).abs().max())
     assert shifts[True] < 1e-10
     assert shifts[False] > 1e-3
+
+
+def test_later_task_down_projection_is_the_official_projected_svd():
+    """Task 1's A on fc1 (whose input is x itself) is the official ``U[:, :r].T / sqrt(3)`` of ``C − M Mᵀ C`` (remove) or
+    ``M Mᵀ C`` (retain)."""
+    strategy = _strategy(rank=3, lamb=0.95)
+    t0 = make_task(0, *_data(0, 48))
+    x1, y1 = _data(1, 48, classes=(2, 3))
+    strategy.before_task(t0)
+    train_steps(strategy, t0, 10)
+    strategy.after_task(t0)
+    strategy.before_task(make_task(1, x1, y1))
+    m, kind = strategy.spaces["fc1"].basis, strategy.spaces["fc1"].kind
+    cov = x1.t() @ x1 / len(x1)
+    projected = cov - m @ m.t() @ cov if kind == "remove" else m @ m.t() @ cov  # official, per project_type
+    u = torch.linalg.svd(projected)[0][:, :3]
+    a = strategy.layers["fc1"].groups[-1].A * math.sqrt(3)
+    torch.testing.assert_close(a @ a.t(), u @ u.t(), atol=1e-8, rtol=0)
