@@ -94,3 +94,17 @@ def test_when_every_module_lost_a_rank_the_budget_goes_to_the_strongest_survivor
     assert log == {"pruned": 2, "added": 2, "total_rank": 8}
     assert strategy.allocation == {"fc1": 4, "fc2": 4}  # round-robin over fc2 then fc1
     assert [g.rank for g in strategy.layers["fc2"].groups] == [3, 1]
+
+
+def test_carry_allocation_starts_the_next_task_at_the_last_allocation():
+    for carry in (True, False):
+        strategy = _strategy(prune_per_round=2, carry_allocation=carry)
+        task = _task()
+        strategy.before_task(task)
+        scores = {("fc1", 0, i): 1.0 + i for i in range(4)} | {("fc2", 0, i): float(i) - 5 for i in range(4)}
+        strategy.prune_and_reallocate(scores)
+        strategy.after_task(task)
+        assert all(not layer.groups for layer in strategy.layers.values())  # merged
+        strategy.before_task(task)
+        ranks = {name: layer.rank for name, layer in strategy.layers.items()}
+        assert ranks == ({"fc1": 6, "fc2": 2} if carry else {"fc1": 4, "fc2": 4})
