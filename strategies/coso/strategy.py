@@ -32,13 +32,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.adapters import select_targets
 from cl_suite.api import Context, Strategy, Task, TaskModel
 from strategies.coso.optimizer import CoSOAdamW
 from strategies.coso.subspace import HistoricalSubspace
+from strategies.task_head import has_task_head, task_head_loss
 
 REFERENCE_WIDTH = 768  # ViT-B/16, the width the official ranks were chosen for
 PRESETS = {  # official exps/*.json: proj_rank (r1), rank (r2), update_gap (K)
@@ -141,19 +141,12 @@ class CoSO(Strategy):
             raise ValueError("strategy.loss=task_head needs a model with logits (a classifier); use auto or model")
         if self.config.loss != "auto":
             return self.config.loss == "task_head"
-        return bool(task.classes) and callable(getattr(self.model, "logits", None)) and bool(self.model.head_parameters())
+        return has_task_head(self.model, task)
 
     def training_step(self, batch, task: Task) -> torch.Tensor:
         if not self._uses_task_head(task):
             return self.model.loss(batch, task)
-        classes = torch.tensor(task.classes, device=batch["y"].device)
-        keep = torch.isin(batch["y"], classes)
-        if not bool(keep.any()):
-            raise ValueError(f"a batch of task {task.name!r} holds none of its classes {list(task.classes)}")
-        kept = {k: (v[keep] if torch.is_tensor(v) and v.shape[:1] == keep.shape else v) for k, v in batch.items()}
-        logits = self.model.logits(kept)[:, classes] / self.config.temperature
-        target = (kept["y"][:, None] == classes[None, :]).float().argmax(1)
-        return F.cross_entropy(logits, target)
+        return task_head_loss(self.model, batch, task, self.config.temperature)
 
     # -- boundary --------------------------------------------------------------------------------------------
     def after_task(self, task: Task) -> None:
