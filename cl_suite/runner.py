@@ -72,6 +72,17 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def check_before_start(cfg: config_mod.RunConfig, scenario_cls: type[Scenario]) -> None:
+    """What can be refused before a run folder exists: the scenario's own config checks (its constructor), its data
+    on disk (MissingData) and the device."""
+    try:
+        scenario = scenario_cls(cfg.scenario_config, tiny=cfg.tiny)
+    except (ValueError, TypeError) as e:
+        raise config_mod.ConfigError(f"scenario {cfg.scenario!r}: {e}") from e
+    scenario.check_data()  # MissingData: bad input, before any folder
+    pick_device(cfg.device)
+
+
 def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO | None = None,
           progress: bool = True, run_id: str | None = None) -> RunStore:  # fmt: skip
     """Create a run folder for ``cfg`` and execute it. Raises ConfigError (the strategy does not support the
@@ -79,8 +90,7 @@ def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO | 
     sweeps pass an id derived from the config alone, so a re-run finds the same folder."""
     scenario_cls, strategy_cls = registry.load("scenario", cfg.scenario), registry.load("strategy", cfg.strategy)
     check_compatible(scenario_cls, strategy_cls, (cfg.scenario, cfg.strategy))
-    scenario_cls(cfg.scenario_config, tiny=cfg.tiny).check_data()  # MissingData: bad input, before any folder
-    pick_device(cfg.device)
+    check_before_start(cfg, scenario_cls)
     out = sys.stderr if out is None else out
     run_id = run_id or make_run_id(cfg)
     record = {
@@ -122,7 +132,7 @@ def resume(run_dir: str | Path, *, out: TextIO | None = None, progress: bool = T
             raise config_mod.ConfigError(f"run {record['run_id']} was made by config {record['config_hash']}, "
                                          f"not {cfg.config_hash()}; it cannot be resumed with this config")  # fmt: skip
         scenario_cls, strategy_cls = registry.load("scenario", cfg.scenario), registry.load("strategy", cfg.strategy)
-        pick_device(cfg.device)
+        check_before_start(cfg, scenario_cls)
         store.update(status="running", error=None)
         _execute(store, cfg, scenario_cls, strategy_cls, resume=True, out=out, progress=progress)
     finally:
