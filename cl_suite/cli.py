@@ -25,6 +25,14 @@ def _results_root(args) -> Path:
     return Path(args.results or os.environ.get("CL_SUITE_RESULTS") or DEFAULT_RESULTS)
 
 
+def _readable_root(args) -> Path:
+    """The results root for a command that only reads it: a file in its place is bad input."""
+    root = _results_root(args)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"the results root {root} is a file, not a folder; pass --results DIR")
+    return root
+
+
 def _explicit_root(args) -> bool:
     return bool(getattr(args, "results", None) or os.environ.get("CL_SUITE_RESULTS"))
 
@@ -112,14 +120,14 @@ def cmd_describe(args) -> int:
 
 
 def cmd_show(args) -> int:
-    _print_run(_run_dir(_results_root(args), args.run_id, _explicit_root(args)), full=True)
+    _print_run(_run_dir(_readable_root(args), args.run_id, _explicit_root(args)), full=True)
     return 0
 
 
 def cmd_leaderboard(args) -> int:
     from cl_suite import leaderboard, results
 
-    tables = results.load_runs(_results_root(args))
+    tables = results.load_runs(_readable_root(args))
     board = leaderboard.leaderboard(tables, scenario=args.scenario)
     print(leaderboard.render(board, args.format))
     return 0

@@ -97,7 +97,7 @@ def render(board: pd.DataFrame, fmt: str) -> str:
     if fmt == "markdown":
         return _cells(table, lambda v: v.replace("|", "\\|")).to_markdown(index=False)
     if fmt == "latex":
-        return table.to_latex(index=False, escape=True)
+        return _cells(table, safe_text.latex).to_latex(index=False, escape=False)
     return table.to_string(index=False)
 
 
