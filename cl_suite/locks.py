@@ -47,6 +47,9 @@ class FolderLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
+    def __del__(self) -> None:  # a store dropped without release() does not keep its folder locked
+        self.release()
+
     def __enter__(self) -> FolderLock:
         return self.acquire() if self._fd is None else self
 
