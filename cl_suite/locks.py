@@ -6,6 +6,7 @@ so a killed run never leaves a stale lock behind. The file records the holder's 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -48,7 +49,8 @@ class FolderLock:
             self._fd = None
 
     def __del__(self) -> None:  # a store dropped without release() does not keep its folder locked
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit the kernel drops the lock anyway
+            self.release()
 
     def __enter__(self) -> FolderLock:
         return self.acquire() if self._fd is None else self

@@ -204,15 +204,24 @@ def _execute(store: RunStore, cfg, scenario_cls, strategy_cls, *, resume: bool, 
                          cost=_cost(strategy, device, wall, trainable_max))  # fmt: skip
         _finish(store, scenario, strategy, device, wall_before + time.perf_counter() - t0, trainable_max)
     except KeyboardInterrupt:
-        store.update(status="failed", error="interrupted; continue with --resume")
+        _mark_failed(store, "interrupted; continue with --resume")
         raise
     except Exception as e:
         message = f"{type(e).__name__}: {e}"
-        store.update(status="failed", error=message,
-                     ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
-        if isinstance(e, RunError):
+        if not _mark_failed(store, message):
+            message += " (the record could not be updated: it still says running; --resume continues it)"
+        if isinstance(e, RunError) and message == f"{type(e).__name__}: {e}":
             raise
         raise RunError(message) from e  # after the start, even a config problem is a failed run (exit 1)
+
+
+def _mark_failed(store: RunStore, error: str) -> bool:
+    """Record the failure; False when even that write fails (a full disk), so the original error is not lost."""
+    try:
+        store.update(status="failed", error=error, ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _load_checkpoint(store: RunStore, device: torch.device, out: TextIO) -> tuple[int, dict] | None:

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from cl_suite import config as config_mod
 from cl_suite.locks import FolderLock
 from cl_suite.results import RUN_FILE, RunTables, check_root, load_runs
+from cl_suite.safe_text import one_line
 from cl_suite.sweep_backends import clean_returned
 
 BACKENDS = ("local", "ray")
@@ -191,7 +192,7 @@ def execute(sweep: Plan, backend, root: Path, *, transfer: str, retries: int, th
             outcome.failed[cell.run_id] = result["error"]
             again = attempts[i] <= retries
             note = f"retry {attempts[i]}/{retries}" if again else f"giving up (log: {logs / cell.run_id}.log)"
-            print(f"  FAILED {cell.label}: {result['error']}; {note}", file=out, flush=True)
+            print(f"  FAILED {cell.label}: {one_line(result['error'])}; {note}", file=out, flush=True)
             if again:
                 pending.append(i)
     except KeyboardInterrupt:
@@ -209,7 +210,7 @@ def _headline(root: Path, run_id: str) -> str:
     try:
         record = json.loads((root / "runs" / run_id / RUN_FILE).read_text())
         name, value = next(iter((record.get("summary") or {}).items()))
-        return f"{name}={value:.2f}"
+        return one_line(f"{name}={value:.2f}")
     except (OSError, ValueError, StopIteration, TypeError):
         return ""
 
@@ -291,7 +292,7 @@ def run_sweep(*, scenarios: str, strategies: str, seeds: str, root: str | Path, 
         print(f"\nsweep finished: {len(outcome.ran)} ran, {len(sweep.finished)} already finished, "
               f"{len(outcome.failed)} failed\n", file=out)  # fmt: skip
         for run_id, error in outcome.failed.items():
-            print(f"failed: {run_id}: {error}", file=out)
+            print(f"failed: {run_id}: {one_line(error)}", file=out)
         print(leaderboard.render(cells_board(root, outcome.run_ids), fmt), file=out)
         return 1 if outcome.failed else 0
     finally:

@@ -195,6 +195,20 @@ def test_unwritable_or_full_root_exits_2_and_leaves_nothing(tmp_path, capsys, mo
     assert list((root / "runs").iterdir()) == []  # the half-made folder is gone
 
 
+def test_disk_full_after_the_start_fails_the_run_with_exit_1(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "results"
+
+    def full(self, filename, rows):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path / filename))
+
+    monkeypatch.setattr(results.RunStore, "append", full)
+    code, _, err = main(capsys, *BASE, "--tiny", "--results", str(root))
+    assert code == 1 and one_error_line(err) and "No space left" in err, err
+    (folder,) = (root / "runs").iterdir()
+    record = results.read_record(folder)
+    assert record["status"] == "failed" and "No space left" in record["error"]
+
+
 def test_read_only_root_by_chmod(tmp_path, capsys):
     if os.geteuid() == 0:
         pytest.skip("running as root: chmod does not stop root's writes (the mkdir test above simulates it)")
@@ -292,6 +306,7 @@ def test_a_run_folder_held_by_another_process_is_refused(finished, tmp_path, cap
     assert (folder / "evals.jsonl").read_bytes() == before
 
 
+@pytest.mark.slow  # two processes importing torch: ~10 s alone, over 20 s on a loaded machine
 def test_two_resumes_at_once_write_once(finished, tmp_path):
     """Two processes resume one run together: one resumes it, the other is refused (busy, or already finished)."""
     folder = copy_run(finished, tmp_path)
