@@ -329,7 +329,8 @@ def score_matrix(evals: pd.DataFrame, metric: str, num_tasks: int) -> tuple[np.n
     R = np.full((num_tasks + 1, num_tasks), np.nan)
     n = np.full(num_tasks, np.nan)
     rows = evals[evals["metric"] == metric]
-    for after, task, value, count in zip(rows["after_task"], rows["eval_task"], rows["value"], rows["n"]):
+    numbers = [pd.to_numeric(rows[c], errors="coerce") for c in ("after_task", "eval_task", "value", "n")]
+    for after, task, value, count in zip(*numbers):  # a foreign or damaged row (a string, null) reads as missing
         if -1 <= after < num_tasks and 0 <= task < num_tasks:
             R[int(after) + 1, int(task)] = np.nan if value is None else value
             if count is not None and not pd.isna(count):

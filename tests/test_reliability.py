@@ -260,6 +260,15 @@ def test_unknown_summary_and_odd_values_still_show(finished, tmp_path, capsys):
     assert code == 0 and "made_up" in out and "(not a cl-suite summary)" in out, err
 
 
+def test_torn_and_foreign_eval_rows_read_as_missing(finished, tmp_path, capsys):
+    folder = copy_run(finished, tmp_path)
+    with open(folder / "evals.jsonl", "a") as f:
+        f.write('{"after_task": "x", "eval_task": 0, "metric": "acc", "value": "high", "n": null}\n[1]\n{"after_ta')
+    with pytest.warns(UserWarning, match="not valid JSON"):
+        code, out, err = main(capsys, "show", "copy", "--results", str(tmp_path / "results"))
+    assert code == 0 and "score matrix" in out, err
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(finished, tmp_path):
     folder = copy_run(finished, tmp_path)
     latest = folder / "checkpoints" / "task-001.pt"
