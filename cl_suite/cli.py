@@ -198,7 +198,7 @@ def cmd_app(args) -> int:
 
     from cl_suite.locks import die_with_parent
 
-    root = _results_root(args)
+    root = _readable_root(args)
     command, env = app_command(root, args.port)
     print(f"cl-suite app: results root {root.resolve()}; open http://127.0.0.1:{args.port} (Ctrl+C stops it)")
     parent = os.getpid()

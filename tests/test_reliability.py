@@ -149,6 +149,7 @@ def test_bad_paths_exit_2_with_one_line(tmp_path, capsys):
         (["show", "nope", "--results", str(tmp_path)], "no run 'nope'"),
         (["show", "x", "--results", str(a_file)], "is a file"),
         (["leaderboard", "--results", str(a_file)], "is a file"),
+        (["app", "--results", str(a_file)], "is a file"),
         ([*BASE, "--tiny", "--results", str(a_file)], "is a file"),
         ([*BASE, "--tiny", "--results", str(a_file / "below")], "is a file"),
         (["sweep", "--scenarios", "digits-tiny", "--strategies", "finetune", "--results", str(a_file)], "is a file"),
