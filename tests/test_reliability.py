@@ -75,7 +75,7 @@ def _in_bounds(value, bounds) -> bool:
     return math.isfinite(value) and (value > lo if open_lo else value >= lo) and (hi is None or value <= hi)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(TRAIN_NUMBERS), value=ANY_VALUE, as_text=st.booleans())
 def test_property_a_train_value_is_in_range_or_refused_naming_the_key(key, value, as_text):
     """Whatever a YAML file or --set gives, the config holds a value inside its bounds, or ConfigError says which key."""
@@ -89,7 +89,7 @@ def test_property_a_train_value_is_in_range_or_refused_naming_the_key(key, value
     assert not isinstance(got, bool) and _in_bounds(got, BOUNDS[f"train.{key}"])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(value=st.one_of(st.integers(-(2**70), 2**70), st.text(max_size=5)))
 def test_property_seed_is_in_numpys_range_or_refused(value):
     try:
@@ -100,7 +100,7 @@ def test_property_seed_is_in_numpys_range_or_refused(value):
     assert 0 <= top.seed <= config.SEED_MAX
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, derandomize=True, database=None)
 @given(values=st.lists(st.integers(-5, 5), min_size=1, max_size=4))
 def test_property_a_list_value_is_checked_item_by_item(values):
     """A field that holds one number per task (e.g. epochs per task) is checked item by item."""
