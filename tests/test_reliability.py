@@ -489,3 +489,27 @@ def test_kills_at_random_points_then_resume_give_the_uninterrupted_matrix(tmp_pa
     assert eval_rows(folder) == eval_rows(fresh.path)
     assert [s["task"] for s in results.read_record(folder)["strategy_stats"]] == list(range(5))
     assert not list(folder.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_sweep_killed_at_a_random_moment_then_rerun_writes_each_cell_once(tmp_path):
+    """SIGKILL a 2-cell sweep driver at a seeded random moment: its workers die with it, and the re-run finishes
+    every cell with each evaluation row written once."""
+    import random
+
+    root = tmp_path / "results"
+    args = [sys.executable, "-m", "cl_suite.cli", "sweep", "--scenarios", "digits-tiny", "--strategies",
+            "finetune,joint", "--jobs", "2", "--set", "train.epochs=2", "--results", str(root)]  # fmt: skip
+    driver = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(random.Random(28).uniform(8.0, 20.0))
+    workers = _children(driver.pid)
+    driver.kill()
+    driver.wait()
+    assert _wait_gone(workers) == []
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr
+    folders = sorted((root / "runs").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        rows = eval_rows(folder)
+        assert len(rows) == len(set(rows)) and results.read_record(folder)["status"] == "success"
