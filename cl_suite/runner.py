@@ -199,7 +199,7 @@ def _execute(store: RunStore, cfg, scenario_cls, strategy_cls, *, resume: bool, 
             stats_log.append({"task": task.index, **strategy.strategy_stats()})
             wall = wall_before + time.perf_counter() - t0
             store.save_checkpoint(task.index, {"task": task.index, "strategy": strategy.state_dict(), "wall_s": wall,
-                                               "strategy_stats": stats_log}, keep=cfg.train.keep_checkpoints)  # fmt: skip
+                                               "strategy_stats": _plain(stats_log)}, keep=cfg.train.keep_checkpoints)  # fmt: skip
             store.update(tasks_done=task.index + 1, strategy_stats=stats_log,
                          cost=_cost(strategy, device, wall, trainable_max))  # fmt: skip
         _finish(store, scenario, strategy, device, wall_before + time.perf_counter() - t0, trainable_max)
@@ -222,6 +222,15 @@ def _mark_failed(store: RunStore, error: str) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def _plain(stats: list[dict]) -> list[dict]:
+    """The stats as JSON types (numpy scalars become numbers), so a ``weights_only`` load accepts the checkpoint."""
+    import json
+
+    from cl_suite.results import dumps
+
+    return json.loads(f"[{','.join(dumps(s) for s in stats)}]")
 
 
 def _load_checkpoint(store: RunStore, device: torch.device, out: TextIO) -> tuple[int, dict] | None:
