@@ -1,11 +1,14 @@
 """The ``cl-suite`` command line: run | list | describe | show | leaderboard | sweep | bench | app | new-strategy | check.
 
-Exit codes: 0 ok, 1 the run failed, 2 bad input (unknown name or key, bad value, missing file).
+Exit codes: 0 ok; 2 bad input (unknown name or key, bad value, missing file or data, a run folder another process
+holds), always before a run folder is made; 1 the run failed after it started (its record says ``failed``), or an
+unexpected error. One line on stderr; the traceback only with ``--debug`` (or ``CL_SUITE_DEBUG=1``).
 """
 
 from __future__ import annotations
 
 import argparse
+import builtins
 import os
 import sys
 import warnings
@@ -22,14 +25,43 @@ def _results_root(args) -> Path:
     return Path(args.results or os.environ.get("CL_SUITE_RESULTS") or DEFAULT_RESULTS)
 
 
-def _run_dir(root: Path, run_id: str) -> Path:
-    """A run folder by id (under runs/ or anywhere below the root) or by path."""
+def _readable_root(args) -> Path:
+    """The results root for a command that only reads it: a file in its place is bad input."""
+    root = _results_root(args)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"the results root {root} is a file, not a folder; pass --results DIR")
+    return root
+
+
+def _explicit_root(args) -> bool:
+    return bool(getattr(args, "results", None) or os.environ.get("CL_SUITE_RESULTS"))
+
+
+def _run_dir(root: Path, run_id: str, explicit_root: bool = True) -> Path:
+    """A run folder by id (under runs/ or anywhere below the root) or by path. The folder, symlinks resolved, must
+    lie inside the results root (for a path and no --results: the root the path names, ``<root>/runs/<id>``), so
+    a link in a results folder cannot make ``show`` or ``--resume`` read or write elsewhere."""
+    from cl_suite.results import RUN_FILE, inside
+
     direct = Path(run_id)
-    if (direct / "run.json").exists():
+    if os.sep in run_id or (os.altsep and os.altsep in run_id) or run_id in (".", "..") or (direct / RUN_FILE).exists():
+        if not (direct / RUN_FILE).is_file():
+            raise UsageError(f"no run folder at {run_id} (it holds no {RUN_FILE})")
+        absolute = Path(os.path.abspath(direct))
+        home = root if explicit_root else absolute.parent.parent if absolute.parent.name == "runs" else absolute.parent
+        if not inside(direct / RUN_FILE, home):
+            raise UsageError(f"run folder {run_id} resolves to {(direct / RUN_FILE).resolve().parent}, outside the "
+                             f"results root {home}; refused (pass --results with the root that holds it)")  # fmt: skip
         return direct
-    for candidate in [root / "runs" / run_id, *root.rglob(run_id)]:
-        if (candidate / "run.json").exists():
-            return candidate
+    if not run_id.strip():
+        raise UsageError("give a run id (see `cl-suite leaderboard`) or the path of a run folder")
+    found = [root / "runs" / run_id] if (root / "runs" / run_id / RUN_FILE).exists() else []
+    found += [p.parent for p in sorted(root.rglob(RUN_FILE)) if p.parent.name == run_id] if root.is_dir() else []
+    for candidate in found:
+        if not inside(candidate / RUN_FILE, root):
+            raise UsageError(f"run {run_id!r} under {root} links to {(candidate / RUN_FILE).resolve().parent}, "
+                             "outside the results root; refused")  # fmt: skip
+        return candidate
     raise UsageError(f"no run {run_id!r} under {root} (see `cl-suite leaderboard --results {root}`)")
 
 
@@ -39,10 +71,14 @@ def cmd_run(args) -> int:
 
     root = _results_root(args)
     if args.resume:
-        store = runner.resume(_run_dir(root, args.resume), progress=not args.quiet)
+        if args.config or args.scenario or args.strategy or args.seed is not None or args.set or args.tiny:
+            raise UsageError("--resume continues a run with its recorded config; give no config, --scenario, "
+                             "--strategy, --seed, --set or --tiny with it")  # fmt: skip
+        store = runner.resume(_run_dir(root, args.resume, _explicit_root(args)), progress=not args.quiet,
+                              allow_config_refs=args.allow_config_refs)  # fmt: skip
     else:
         raw = config.load_yaml(args.config) if args.config else {}
-        overrides = config.parse_overrides(args.set or [])
+        overrides = {}  # layering (README, Configs): the YAML file < CLI flags < --set
         for key in ("scenario", "strategy"):
             if getattr(args, key):
                 overrides[f"{key}.name"] = getattr(args, key)
@@ -50,7 +86,8 @@ def cmd_run(args) -> int:
             overrides["seed"] = str(args.seed)
         if args.tiny:
             overrides["tiny"] = "true"
-        cfg = config.resolve(raw, overrides)
+        overrides.update(config.parse_overrides(args.set or []))
+        cfg = config.resolve(raw, overrides, file_refs=args.allow_config_refs)
         store = runner.start(cfg, root, progress=not args.quiet)
     print(f"run {store.path.name}: success ({store.path})")
     _print_run(store.path)
@@ -83,14 +120,14 @@ def cmd_describe(args) -> int:
 
 
 def cmd_show(args) -> int:
-    _print_run(_run_dir(_results_root(args), args.run_id), full=True)
+    _print_run(_run_dir(_readable_root(args), args.run_id, _explicit_root(args)), full=True)
     return 0
 
 
 def cmd_leaderboard(args) -> int:
     from cl_suite import leaderboard, results
 
-    tables = results.load_runs(_results_root(args))
+    tables = results.load_runs(_readable_root(args))
     board = leaderboard.leaderboard(tables, scenario=args.scenario)
     print(leaderboard.render(board, args.format))
     return 0
@@ -154,15 +191,36 @@ def app_command(root: Path, port: int) -> tuple[list[str], dict[str, str]]:
 
 
 def cmd_app(args) -> int:
+    """Serve the app until Ctrl+C or SIGTERM; the Streamlit server is a child that dies with this process, even on
+    SIGKILL (Linux: PR_SET_PDEATHSIG), so it never stays behind holding the port."""
+    import signal
     import subprocess
 
-    root = _results_root(args)
+    from cl_suite.locks import die_with_parent
+
+    root = _readable_root(args)
     command, env = app_command(root, args.port)
     print(f"cl-suite app: results root {root.resolve()}; open http://127.0.0.1:{args.port} (Ctrl+C stops it)")
+    parent = os.getpid()
+    server = subprocess.Popen(command, env=env, preexec_fn=lambda: die_with_parent(parent, signal.SIGTERM))
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        return subprocess.call(command, env=env)
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
 def cmd_pretrain(args) -> int:
@@ -241,6 +299,10 @@ def _print_run(path: Path, full: bool = False) -> None:
     import yaml
 
     from cl_suite import metrics, results
+    from cl_suite.safe_text import terminal
+
+    def print(text="", **kwargs):  # everything below comes from a run folder: no control character reaches the terminal
+        builtins.print(terminal(text), **kwargs)
 
     record, evals = results.load_run(path)
     evals_df = pd.DataFrame([{"n": None, **e} for e in evals], columns=results.EVAL_COLUMNS[1:])
@@ -264,9 +326,11 @@ def _print_run(path: Path, full: bool = False) -> None:
         direction = record.get("direction", "max")
         print("\nsummary:")
         for name, value in record["summary"].items():
-            arrow = "↑" if metrics.direction(name, direction) == "max" else "↓"
-            shown = "-" if value is None else f"{value:.2f}"
-            print(f"  {name:<24}{shown:>8} {arrow}  {metrics.SUMMARIES[name].label}")
+            known = metrics.SUMMARIES.get(name)
+            arrow = "?" if known is None or direction not in ("max", "min") else (
+                "↑" if metrics.direction(name, direction) == "max" else "↓")  # fmt: skip
+            shown = "-" if value is None else f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
+            print(f"  {name:<24}{shown:>8} {arrow}  {known.label if known else '(not a cl-suite summary)'}")
     cost = record.get("cost") or {}
     if cost:
         print("\ncost: " + ", ".join(f"{k}={v}" for k, v in cost.items()))
@@ -279,6 +343,7 @@ def _print_run(path: Path, full: bool = False) -> None:
 # -- parser ----------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cl-suite", description="Continual-learning benchmark suite.")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a strategy on a scenario and write a run record")
@@ -290,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tiny", action="store_true", help="at most 2 tasks and a few dozen examples per split")
     run.add_argument("--resume", metavar="RUN_ID", help="continue a killed or failed run from its last finished task")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--allow-config-refs", action="store_true",
+                     help="import a module:Class named in the config file or run folder even if no installed plugin "
+                          "names it (it runs that module's code: only for configs you trust)")  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list installed strategies and scenarios (imports no plugin)")
@@ -391,32 +459,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p in (run, show, board, swp):
         p.add_argument("--results", help=f"results root (default: $CL_SUITE_RESULTS or ./{DEFAULT_RESULTS})")
+    for p in sub.choices.values():  # --debug also after the command name
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for p in bench_sub.choices.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """One exit-code rule for every command (see the module docstring)."""
+    import traceback
+
     from cl_suite.api import MissingData
     from cl_suite.config import ConfigError
+    from cl_suite.locks import Busy
     from cl_suite.registry import RegistryError
+    from cl_suite.results import RecordError, StorageError
     from cl_suite.runner import RunError
+    from cl_suite.safe_text import one_line
 
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("CL_SUITE_DEBUG", "") not in ("", "0")
+
+    def say(prefix: str, error: BaseException) -> None:
+        if debug:
+            traceback.print_exc()
+        print(f"cl-suite: {prefix}{one_line(error)}", file=sys.stderr)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return args.func(args)
-    except (UsageError, ConfigError, RegistryError, MissingData, FileExistsError) as e:
-        print(f"cl-suite: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except (UsageError, ConfigError, RegistryError, MissingData, FileExistsError, RecordError, StorageError,
+            Busy) as e:  # fmt: skip
+        say("error: ", e)
         return 2
     except RunError as e:
-        print(f"cl-suite: run failed: {e}", file=sys.stderr)
+        say("run failed: ", e)
         return 1
     except KeyboardInterrupt:
         print("cl-suite: interrupted (continue with --resume RUN_ID)", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and the like
-        sys.stderr.close()
-        return 0
+    except OSError as e:  # a file that cannot be read or written before anything ran
+        say("error: ", e)
+        return 2
+    except Exception as e:
+        say(f"unexpected error: {type(e).__name__}: ", e)
+        if not debug:
+            print("cl-suite: run again with --debug for the traceback", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

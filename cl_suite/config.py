@@ -9,9 +9,12 @@ The resolved config is what a run records (``config.yaml``) and what ``cl-suite 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +26,30 @@ import yaml
 
 class ConfigError(ValueError):
     """A config key that does not exist or a value of the wrong type."""
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range; the per-task seeds derived from it stay inside torch's 64 bits
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # every int field: what a torch int64 holds
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICES = "auto, cpu, cuda, cuda:N, mps"
+
+BOUNDS: dict[str, tuple[float | None, float | None, bool]] = {
+    # dotted key: (lowest, highest, lowest excluded). A list value (e.g. one epoch count per task) is checked
+    # item by item, so a field may hold a number or a list of them.
+    "seed": (0, SEED_MAX, False),
+    "train.epochs": (1, None, False),
+    "train.max_steps": (0, None, False),
+    "train.batch_size": (1, None, False),
+    "train.eval_batch_size": (1, None, False),
+    "train.lr": (0, None, True),
+    "train.weight_decay": (0, None, False),
+    "train.momentum": (0, 1, False),
+    "train.warmup_steps": (0, None, False),
+    "train.grad_clip": (0, None, False),
+    "train.log_every": (1, None, False),
+}
+"""Ranges checked at resolve time, so a value no run can use is refused before a run folder exists. Plugin
+``Config`` fields may declare their own with ``field(metadata={"min": 0, "max": 1, "exclusive_min": True})``."""
 
 
 @dataclass
@@ -106,8 +133,11 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Build a :class:`RunConfig` from a nested mapping (YAML form) plus dotted overrides."""
+def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None, *, file_refs: bool = True) -> RunConfig:
+    """Build a :class:`RunConfig` from a nested mapping (YAML form) plus dotted overrides.
+
+    ``file_refs=False``: ``raw`` came from a file, so a ``module:Class`` it names is imported only when installed
+    (see :func:`cl_suite.registry.load`); names given in ``overrides`` count as typed."""
     from cl_suite import registry
 
     nested = _nest(raw, overrides or {})
@@ -130,14 +160,18 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Run
         if not name:
             raise ConfigError(f"no {kind} given: pass --{kind} NAME (see `cl-suite list`)")
         names[kind] = str(name)
-    scenario_cls = registry.load("scenario", names["scenario"])
-    strategy_cls = registry.load("strategy", names["strategy"])
+    typed = {kind: file_refs or any(k in (overrides or {}) for k in (kind, f"{kind}.name"))
+             for kind in ("scenario", "strategy")}  # fmt: skip
+    scenario_cls = registry.load("scenario", names["scenario"], typed=typed["scenario"])
+    strategy_cls = registry.load("strategy", names["strategy"], typed=typed["strategy"])
 
     train_values = {**scenario_cls.train_defaults, **strategy_cls.train_defaults}
     train = build_dataclass(TrainConfig, {**train_values, **sections["train"]}, "train")
     top = build_dataclass(
         _TopLevel, {k: nested[k] for k in ("seed", "tiny", "device", "kernels") if k in nested}, ""
     )
+    if not DEVICE_PATTERN.fullmatch(top.device):
+        raise ConfigError(f"device: expected one of {DEVICES}, got {top.device!r}")
     return RunConfig(
         scenario=names["scenario"],
         strategy=names["strategy"],
@@ -179,7 +213,31 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
             valid = ", ".join(f"{prefix}.{f}" if prefix else f for f in sorted(fields)) or "(none)"
             raise ConfigError(f"unknown config key {dotted!r}; valid keys: {valid}")
         kwargs[key] = coerce(value, hints[key], dotted)
+        check_bounds(dotted, kwargs[key], _field_bounds(cls, key, dotted))
     return cls(**kwargs)
+
+
+def _field_bounds(cls: type, key: str, dotted: str) -> tuple[float | None, float | None, bool] | None:
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == key)
+    if "min" in meta or "max" in meta:
+        return meta.get("min"), meta.get("max"), bool(meta.get("exclusive_min"))
+    return BOUNDS.get(dotted)
+
+
+def check_bounds(key: str, value: Any, bounds: tuple[float | None, float | None, bool] | None) -> None:
+    """Refuse a number (or a list item) outside ``bounds``, naming the key, the value and the accepted range."""
+    if bounds is None or value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_bounds(f"{key}[{i}]", item, bounds)
+        return
+    lo, hi, open_lo = bounds
+    below = lo is not None and (value <= lo if open_lo else value < lo)
+    if below or (hi is not None and value > hi):
+        low = "" if lo is None else f"{'>' if open_lo else '>='} {lo}"
+        high = "" if hi is None else f"<= {hi}"
+        raise ConfigError(f"{key}: expected a number {' and '.join(filter(None, [low, high]))}, got {value!r}")
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
@@ -227,23 +285,28 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}: expected bool (true/false), got {value!r}")
     if tp is int:
+        number = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected int, got {value!r}")
+            number = value
+        elif isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            number = int(value)
+        if number is None:
+            raise ConfigError(f"{key}: expected int, got {value!r}")
+        if not INT_MIN <= number <= INT_MAX:
+            raise ConfigError(f"{key}: expected an int in [-2**63, 2**63 - 1], got {value!r}")
+        return number
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected float, got {value!r}")
+            number = float(value) if abs(value) < 1e308 or isinstance(value, float) else math.inf
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise ConfigError(f"{key}: expected float, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite float, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from cl_suite import metrics
+from cl_suite import metrics, safe_text
 from cl_suite.results import RunTables
 
 GROUP = ["scenario", "strategy", "backbone"]
@@ -52,7 +52,8 @@ def leaderboard(tables: RunTables, scenario: str | None = None) -> pd.DataFrame:
             rows.append(row)
         table = pd.DataFrame(rows)
         rank_by = f"{names[0]}_mean"
-        ascending = metrics.direction(names[0], direction) == "min"
+        known = names[0] in metrics.SUMMARIES and direction in ("max", "min")  # a foreign record may name anything
+        ascending = known and metrics.direction(names[0], direction) == "min"
         frames.append(table.sort_values(rank_by, ascending=ascending, na_position="last"))
     return pd.concat(frames, ignore_index=True)
 
@@ -84,16 +85,28 @@ def display_table(board: pd.DataFrame) -> pd.DataFrame:
 
 
 def render(board: pd.DataFrame, fmt: str) -> str:
+    """The board as text, markdown, CSV or LaTeX. Names come from run records someone may have crafted: control
+    characters are escaped in every format, a CSV cell a spreadsheet would run as a formula (=, +, -, @) is
+    quoted with an apostrophe, and LaTeX specials are escaped."""
     table = display_table(board)
     if table.empty:
         return "no successful runs under this results root"
     if fmt == "csv":
-        return board.to_csv(index=False)
+        return _cells(board, lambda v: safe_text.csv_cell(safe_text.one_line(v))).to_csv(index=False)
+    table = _cells(table, safe_text.one_line)
     if fmt == "markdown":
-        return table.to_markdown(index=False)
+        return _cells(table, lambda v: v.replace("|", "\\|")).to_markdown(index=False)
     if fmt == "latex":
-        return table.to_latex(index=False, escape=True)
+        return _cells(table, safe_text.latex).to_latex(index=False, escape=False)
     return table.to_string(index=False)
+
+
+def _cells(frame: pd.DataFrame, clean) -> pd.DataFrame:
+    """``frame`` with ``clean`` applied to every string cell and column name."""
+    out = frame.copy()
+    for column in out.columns:
+        out[column] = [clean(v) if isinstance(v, str) else v for v in out[column]]
+    return out.rename(columns=lambda c: clean(c) if isinstance(c, str) else c)
 
 
 def _pm(mean: float, std: float) -> str:

@@ -14,11 +14,13 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass
 
 GROUPS = {"strategy": "cl_suite.strategies", "scenario": "cl_suite.scenarios"}
 _PLURAL = {"strategy": "strategies", "scenario": "scenarios"}
+_REF = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
 class RegistryError(LookupError):
@@ -57,6 +59,8 @@ def names(kind: str) -> list[str]:
 def resolve_ref(kind: str, name: str) -> str:
     """The "module:Class" behind a registered name or a reference the user typed."""
     if ":" in name:
+        if not _REF.fullmatch(name):
+            raise RegistryError(f"{kind} {name!r} is not a module:Class reference (e.g. strategies.my_method:MyMethod)")
         return name
     known = entry_points(kind)
     if name in known:
@@ -66,18 +70,33 @@ def resolve_ref(kind: str, name: str) -> str:
     raise RegistryError(f"unknown {kind} {name!r}.{hint} Known {_PLURAL[kind]}: {', '.join(known) or '(none installed)'}")
 
 
-def load(kind: str, name: str) -> type:
-    """Import and return the class for ``name`` (a registered name or ``module:Class``), checking its base."""
+def is_installed(kind: str, name: str) -> bool:
+    """Whether ``name`` is a registered name, or a ``module:Class`` that an installed entry point names."""
+    known = entry_points(kind)
+    return name in known or name in known.values()
+
+
+def load(kind: str, name: str, typed: bool = True) -> type:
+    """Import and return the class for ``name`` (a registered name or ``module:Class``), checking its base.
+
+    ``typed``: the name was typed by the user (command line, Python call). A ``module:Class`` read from a file (a
+    run folder's config.yaml, a config someone handed over) imports code, so it is refused unless an installed
+    entry point names it; the working folder joins the import path only for a typed reference."""
     from cl_suite import api
 
     ref = resolve_ref(kind, name)
     module_name, _, attr = ref.partition(":")
-    if ":" in name and os.getcwd() not in sys.path:
+    if ":" in name and not typed and not is_installed(kind, name):
+        raise RegistryError(f"{kind} {name!r} comes from a config file and is not an installed plugin; importing it "
+                            f"would run its code. Type it with --{kind} if you trust it, or pass --allow-config-refs")
+    if ":" in name and typed and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # a typed module:Class may live in the working folder, as with `python -m`
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
+    except ImportError as e:
         raise RegistryError(f"cannot import {kind} {name!r} from {ref}: {e}") from e
+    except Exception as e:  # the plugin module itself failed while importing
+        raise RegistryError(f"importing {kind} {name!r} from {ref} failed: {type(e).__name__}: {e}") from e
     cls = getattr(module, attr, None)
     if cls is None:
         raise RegistryError(f"{kind} {name!r}: module {module_name} has no attribute {attr!r}")

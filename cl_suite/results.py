@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,6 +34,19 @@ SCHEMA_VERSION = 1
 STATUSES = ("running", "success", "failed")
 RUN_FILE, EVALS_FILE, TRAIN_FILE, CONFIG_FILE = "run.json", "evals.jsonl", "train.jsonl", "config.yaml"
 EVAL_COLUMNS = ["run_id", "after_task", "eval_task", "metric", "value", "n"]
+
+
+class RecordError(ValueError):
+    """A run folder whose run.json is missing, torn or not a run record: the message names the file."""
+
+
+class StorageError(OSError):
+    """The results root cannot hold a new run folder (a file in the way, read-only, full): nothing was created."""
+
+
+def inside(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path``, with every symlink resolved, lies inside ``root`` (also resolved)."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -82,17 +96,52 @@ class RunStore:
 
     @classmethod
     def create(cls, root: str | Path, run_id: str, record: dict[str, Any], config_yaml: str) -> RunStore:
+        """Make ``root/runs/run_id`` and lock it before anything is in it (so no one can resume it meanwhile).
+        Raises FileExistsError for a taken id, StorageError (and leaves nothing) when the root cannot hold it."""
+        from cl_suite.locks import FolderLock
+
+        check_root(root)
         path = Path(root) / "runs" / run_id
-        path.mkdir(parents=True, exist_ok=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise StorageError(f"cannot create a run folder under {root}: {e.strerror or e}") from e
         store = cls(path)
-        (path / "checkpoints").mkdir()
-        atomic_write(path / CONFIG_FILE, config_yaml)
-        store.write_record({"schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running", **record})
+        try:
+            store.lock = FolderLock(path, f"run folder {path}").acquire()
+            (path / "checkpoints").mkdir()
+            atomic_write(path / CONFIG_FILE, config_yaml)
+            store.write_record({"schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running", **record})
+        except OSError as e:  # e.g. the disk filled up: a folder without run.json would only confuse later runs
+            store.release()
+            shutil.rmtree(path, ignore_errors=True)
+            raise StorageError(f"cannot write the run folder {path}: {e.strerror or e}") from e
         return store
+
+    lock = None
+
+    def acquire(self) -> RunStore:
+        """Take this run folder's lock (locks.Busy if another process writes it), then drop the temp files an
+        interrupted write left behind: a holder of the lock is the only writer, so no one else is writing them."""
+        from cl_suite.locks import FolderLock
+
+        if self.lock is None:
+            self.lock = FolderLock(self.path, f"run {self.path.name}").acquire()
+        for tmp in [*self.path.glob(".*.tmp"), *(self.path / "checkpoints").glob(".*.tmp")]:
+            tmp.unlink(missing_ok=True)
+        return self
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -- run.json ---------------------------------------------------------------------------------------------
     def read_record(self) -> dict[str, Any]:
-        return json.loads((self.path / RUN_FILE).read_text())
+        return read_record(self.path)
 
     def write_record(self, record: dict[str, Any]) -> None:
         atomic_write(self.path / RUN_FILE, json.dumps(_clean(record), default=_json_default, indent=2))
@@ -140,10 +189,39 @@ class RunStore:
         return target
 
     def latest_checkpoint(self) -> tuple[int, Path] | None:
-        found = sorted((self.path / "checkpoints").glob("task-*.pt"))
-        if not found:
-            return None
-        return int(found[-1].stem.split("-")[1]), found[-1]
+        found = self.checkpoints()
+        return found[0] if found else None
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(task index, path) of every kept checkpoint, newest first."""
+        found = sorted((self.path / "checkpoints").glob("task-[0-9][0-9][0-9].pt"), reverse=True)
+        return [(int(p.stem.split("-")[1]), p) for p in found]
+
+
+def check_root(root: str | Path) -> None:
+    """Refuse a results root that is a file, or that is not writable, before any run folder is made."""
+    root = Path(root)
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if root.exists() and not root.is_dir():
+        raise StorageError(f"the results root {root} is a file, not a folder; pass --results DIR")
+    if existing is not None and existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"the results root {root} is not writable ({existing} is read-only); pass --results DIR")
+    if existing is not None and not existing.is_dir():
+        raise StorageError(f"the results root {root} cannot be made: {existing} is a file; pass --results DIR")
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """run.json of a run folder, checked to be a run record; RecordError names the file and what is wrong."""
+    file = Path(path) / RUN_FILE
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise RecordError(f"{file} is missing: this is not a run folder") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{file} cannot be read ({e}); the run record is damaged: re-run its config.yaml "
+                          "with `cl-suite run` to start over") from e  # fmt: skip
+    _validate(record, Path(path))
+    return record
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -197,19 +275,17 @@ def _flatten(record: dict[str, Any], path: Path, root: Path) -> dict[str, Any]:
 def load_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(run.json, eval rows) of one run folder. Raises on a missing or corrupted run.json."""
     path = Path(path)
-    record = json.loads((path / RUN_FILE).read_text())
-    _validate(record, path)
-    return record, _read_jsonl(path / EVALS_FILE)
+    return read_record(path), _read_jsonl(path / EVALS_FILE)
 
 
 def _validate(record: Any, path: Path) -> None:
     if not isinstance(record, dict):
-        raise ValueError(f"{path / RUN_FILE} does not hold a JSON object")
+        raise RecordError(f"{path / RUN_FILE} does not hold a JSON object")
     if record.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path / RUN_FILE}: schema_version {record.get('schema_version')!r} != {SCHEMA_VERSION}")
+        raise RecordError(f"{path / RUN_FILE}: schema_version {record.get('schema_version')!r} != {SCHEMA_VERSION}")
     missing = [k for k in ("run_id", "status", "scenario", "strategy") if k not in record]
     if missing:
-        raise ValueError(f"{path / RUN_FILE}: missing {', '.join(missing)}")
+        raise RecordError(f"{path / RUN_FILE}: missing {', '.join(missing)}")
 
 
 def load_runs(root: str | Path) -> RunTables:
@@ -221,6 +297,9 @@ def load_runs(root: str | Path) -> RunTables:
     run_rows, eval_rows = [], []
     for run_file in sorted(root.rglob(RUN_FILE)) if root.exists() else []:
         folder = run_file.parent
+        if not inside(run_file, root):
+            warnings.warn(f"skipped {run_file}: it links outside the results root {root}", stacklevel=2)
+            continue
         try:
             record, evals = load_run(folder)
         except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -250,7 +329,8 @@ def score_matrix(evals: pd.DataFrame, metric: str, num_tasks: int) -> tuple[np.n
     R = np.full((num_tasks + 1, num_tasks), np.nan)
     n = np.full(num_tasks, np.nan)
     rows = evals[evals["metric"] == metric]
-    for after, task, value, count in zip(rows["after_task"], rows["eval_task"], rows["value"], rows["n"]):
+    numbers = [pd.to_numeric(rows[c], errors="coerce") for c in ("after_task", "eval_task", "value", "n")]
+    for after, task, value, count in zip(*numbers):  # a foreign or damaged row (a string, null) reads as missing
         if -1 <= after < num_tasks and 0 <= task < num_tasks:
             R[int(after) + 1, int(task)] = np.nan if value is None else value
             if count is not None and not pd.isna(count):

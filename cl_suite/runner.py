@@ -62,12 +62,29 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device for a config's ``device``; ConfigError when this machine does not have it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise config_mod.ConfigError(f"device {name!r} asked for, but CUDA is not available; use device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise config_mod.ConfigError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} "
+                                     "CUDA device(s)")  # fmt: skip
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise config_mod.ConfigError(f"device {name!r} asked for, but MPS is not available; use device=cpu")
     return device
+
+
+def check_before_start(cfg: config_mod.RunConfig, scenario_cls: type[Scenario]) -> None:
+    """What can be refused before a run folder exists: the scenario's own config checks (its constructor), its data
+    on disk (MissingData) and the device."""
+    try:
+        scenario = scenario_cls(cfg.scenario_config, tiny=cfg.tiny)
+    except (ValueError, TypeError) as e:
+        raise config_mod.ConfigError(f"scenario {cfg.scenario!r}: {e}") from e
+    scenario.check_data()  # MissingData: bad input, before any folder
+    pick_device(cfg.device)
 
 
 def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO | None = None,
@@ -77,7 +94,7 @@ def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO | 
     sweeps pass an id derived from the config alone, so a re-run finds the same folder."""
     scenario_cls, strategy_cls = registry.load("scenario", cfg.scenario), registry.load("strategy", cfg.strategy)
     check_compatible(scenario_cls, strategy_cls, (cfg.scenario, cfg.strategy))
-    scenario_cls(cfg.scenario_config, tiny=cfg.tiny).check_data()  # MissingData: bad input, before any folder
+    check_before_start(cfg, scenario_cls)
     out = sys.stderr if out is None else out
     run_id = run_id or make_run_id(cfg)
     record = {
@@ -94,21 +111,36 @@ def start(cfg: config_mod.RunConfig, results_root: str | Path, *, out: TextIO | 
             break
         except FileExistsError:
             continue
-    _execute(store, cfg, scenario_cls, strategy_cls, resume=False, out=out, progress=progress)
+    try:
+        _execute(store, cfg, scenario_cls, strategy_cls, resume=False, out=out, progress=progress)
+    finally:
+        store.release()
     return store
 
 
-def resume(run_dir: str | Path, *, out: TextIO | None = None, progress: bool = True) -> RunStore:
-    """Continue a run from its last finished task."""
+def resume(run_dir: str | Path, *, out: TextIO | None = None, progress: bool = True,
+           cfg: config_mod.RunConfig | None = None, allow_config_refs: bool = False) -> RunStore:  # fmt: skip
+    """Continue a run from its last finished task, holding the run folder's lock (locks.Busy if another process
+    holds it). The config comes from the folder's config.yaml, where a ``module:Class`` that is not installed is
+    refused unless ``allow_config_refs``; or ``cfg``, a config the caller resolved, which must have the
+    folder's config hash."""
     out = sys.stderr if out is None else out
-    store = RunStore(run_dir)
-    record = store.read_record()
-    if record["status"] == "success":
-        raise config_mod.ConfigError(f"run {record['run_id']} already finished successfully; nothing to resume")
-    cfg = config_mod.resolve(config_mod.load_yaml(store.path / CONFIG_FILE))
-    scenario_cls, strategy_cls = registry.load("scenario", cfg.scenario), registry.load("strategy", cfg.strategy)
-    store.update(status="running", error=None)
-    _execute(store, cfg, scenario_cls, strategy_cls, resume=True, out=out, progress=progress)
+    store = RunStore(run_dir).acquire()
+    try:
+        record = store.read_record()
+        if record["status"] == "success":
+            raise config_mod.ConfigError(f"run {record['run_id']} already finished successfully; nothing to resume")
+        if cfg is None:
+            cfg = config_mod.resolve(config_mod.load_yaml(store.path / CONFIG_FILE), file_refs=allow_config_refs)
+        elif record.get("config_hash") not in (None, cfg.config_hash()):
+            raise config_mod.ConfigError(f"run {record['run_id']} was made by config {record['config_hash']}, "
+                                         f"not {cfg.config_hash()}; it cannot be resumed with this config")  # fmt: skip
+        scenario_cls, strategy_cls = registry.load("scenario", cfg.scenario), registry.load("strategy", cfg.strategy)
+        check_before_start(cfg, scenario_cls)
+        store.update(status="running", error=None)
+        _execute(store, cfg, scenario_cls, strategy_cls, resume=True, out=out, progress=progress)
+    finally:
+        store.release()
     return store
 
 
@@ -138,16 +170,16 @@ def _execute(store: RunStore, cfg, scenario_cls, strategy_cls, *, resume: bool, 
         stats_log = list(record.get("strategy_stats") or [])
         trainable_max = (record.get("cost") or {}).get("trainable_params") or 0
         first = 0
-        checkpoint = store.latest_checkpoint() if resume else None
+        checkpoint = _load_checkpoint(store, device, out) if resume else None
         if checkpoint:
-            done, path = checkpoint
+            done, saved = checkpoint
             for task in tasks[: done + 1]:
                 model.on_task_start(task)
-            saved = torch.load(path, map_location=device, weights_only=True)
             strategy.load_state_dict(saved["strategy"])
             wall_before = float(saved.get("wall_s", 0.0))
             store.truncate_after(done)
-            stats_log = [s for s in stats_log if s["task"] <= done]
+            # the stats saved with the checkpoint (a kill between it and the record update loses nothing)
+            stats_log = [s for s in saved.get("strategy_stats", stats_log) if s["task"] <= done]
             first = done + 1
             print(f"resuming {store.path.name} after task {done + 1}/{len(tasks)}", file=out)
         else:
@@ -170,21 +202,63 @@ def _execute(store: RunStore, cfg, scenario_cls, strategy_cls, *, resume: bool, 
             print("  eval " + "  ".join(f"{t.name}={v:.2f}" for t, v in zip(tasks, row)), file=out)
             stats_log.append({"task": task.index, **_strategy_stats(strategy, task)})
             wall = wall_before + time.perf_counter() - t0
-            store.save_checkpoint(task.index, {"task": task.index, "strategy": strategy.state_dict(),
-                                               "wall_s": wall}, keep=cfg.train.keep_checkpoints)  # fmt: skip
+            store.save_checkpoint(task.index, {"task": task.index, "strategy": strategy.state_dict(), "wall_s": wall,
+                                               "strategy_stats": _plain(stats_log)}, keep=cfg.train.keep_checkpoints)  # fmt: skip
             store.update(tasks_done=task.index + 1, strategy_stats=stats_log,
                          cost=_cost(strategy, device, wall, trainable_max))  # fmt: skip
         _finish(store, scenario, strategy, device, wall_before + time.perf_counter() - t0, trainable_max)
     except KeyboardInterrupt:
-        store.update(status="failed", error="interrupted; continue with --resume")
+        _mark_failed(store, "interrupted; continue with --resume")
         raise
     except Exception as e:
         message = f"{type(e).__name__}: {e}"
-        store.update(status="failed", error=message,
-                     ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
-        if isinstance(e, (config_mod.ConfigError, RunError)):
+        if not _mark_failed(store, message):
+            message += " (the record could not be updated: it still says running; --resume continues it)"
+        if isinstance(e, RunError) and message == f"{type(e).__name__}: {e}":
             raise
-        raise RunError(message) from e
+        raise RunError(message) from e  # after the start, even a config problem is a failed run (exit 1)
+
+
+def _mark_failed(store: RunStore, error: str) -> bool:
+    """Record the failure; False when even that write fails (a full disk), so the original error is not lost."""
+    try:
+        store.update(status="failed", error=error, ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _plain(stats: list[dict]) -> list[dict]:
+    """The stats as JSON types (numpy scalars become numbers), so a ``weights_only`` load accepts the checkpoint."""
+    import json
+
+    from cl_suite.results import dumps
+
+    return json.loads(f"[{','.join(dumps(s) for s in stats)}]")
+
+
+def _load_checkpoint(store: RunStore, device: torch.device, out: TextIO) -> tuple[int, dict] | None:
+    """(task index, state) of the newest checkpoint that loads; an unreadable one is named and the previous kept
+    one used. RunError (naming the files and how to start over) when checkpoints exist and none loads."""
+    kept = store.checkpoints()
+    failures = []
+    for done, path in kept:
+        try:
+            saved = torch.load(path, map_location=device, weights_only=True)
+            if not isinstance(saved, dict) or "strategy" not in saved:
+                raise ValueError("not a cl-suite checkpoint")
+        except Exception as e:  # a torn zip, a truncated pickle, a foreign file
+            failures.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            continue
+        if failures:
+            print(f"checkpoint {failures[-1]} cannot be read; resuming from the previous kept one, {path.name}",
+                  file=out)  # fmt: skip
+        return done, saved
+    if failures:
+        raise RunError(f"no checkpoint of this run can be read: {'; '.join(failures)}. Start over with "
+                       f"`cl-suite run {store.path / CONFIG_FILE}`, or delete {store.path / 'checkpoints'} and "
+                       "resume again to restart this run from its first task")  # fmt: skip
+    return None
 
 
 def _strategy_stats(strategy: Strategy, task: Task) -> dict:

@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cl_suite import config as config_mod
-from cl_suite.results import RUN_FILE, RunTables, load_runs
+from cl_suite.locks import FolderLock
+from cl_suite.results import RUN_FILE, RunTables, check_root, load_runs
+from cl_suite.safe_text import one_line
+from cl_suite.sweep_backends import clean_returned
 
 BACKENDS = ("local", "ray")
 TRANSFERS = ("shared", "return")
@@ -189,7 +192,7 @@ def execute(sweep: Plan, backend, root: Path, *, transfer: str, retries: int, th
             outcome.failed[cell.run_id] = result["error"]
             again = attempts[i] <= retries
             note = f"retry {attempts[i]}/{retries}" if again else f"giving up (log: {logs / cell.run_id}.log)"
-            print(f"  FAILED {cell.label}: {result['error']}; {note}", file=out, flush=True)
+            print(f"  FAILED {cell.label}: {one_line(result['error'])}; {note}", file=out, flush=True)
             if again:
                 pending.append(i)
     except KeyboardInterrupt:
@@ -207,7 +210,7 @@ def _headline(root: Path, run_id: str) -> str:
     try:
         record = json.loads((root / "runs" / run_id / RUN_FILE).read_text())
         name, value = next(iter((record.get("summary") or {}).items()))
-        return f"{name}={value:.2f}"
+        return one_line(f"{name}={value:.2f}")
     except (OSError, ValueError, StopIteration, TypeError):
         return ""
 
@@ -260,30 +263,37 @@ def run_sweep(*, scenarios: str, strategies: str, seeds: str, root: str | Path, 
         print(f"sweep: skipping incompatible pair: {note}", file=out)
     if not cells:
         raise config_mod.ConfigError("no compatible scenario × strategy pair in this sweep (see the notes above)")
-    sweep = plan(cells, root, incompatible)
-    print(f"sweep: {len(cells)} cells ({len(scenario_names)} scenarios × {len(strategy_names)} strategies × "
-          f"{len(seed_list)} seeds{', minus incompatible pairs' if incompatible else ''}) under {root}: "
-          f"{len(sweep.finished)} already finished, {len(sweep.resume)} to resume, "
-          f"{len(sweep.todo) - len(sweep.resume)} to start", file=out, flush=True)  # fmt: skip
-    outcome = Outcome(run_ids=[sweep.finished.get(i, c.run_id) for i, c in enumerate(cells)])
-    if sweep.todo:
-        engine = make_backend(backend, jobs=jobs, address=address, cpus_per_run=cpus_per_run,
-                              gpus_per_run=gpus_per_run)  # fmt: skip
-        where = f" at {engine.address}" if getattr(engine, "address", None) else ""
-        print(f"sweep: backend {engine.name}{where}, {engine.capacity} at a time, results {transfer} "
-              f"({'written by the workers' if transfer == 'shared' else 'returned to this process'})",
-              file=out, flush=True)  # fmt: skip
-        # torch threads per run: the CPUs each run was given; locally by default this machine's CPUs shared out
-        local_share = (os.cpu_count() or 1) // engine.capacity if backend == "local" else 1
-        threads = max(1, int(cpus_per_run or local_share))
-        try:
-            outcome = execute(sweep, engine, root, transfer=transfer, retries=retries, threads=threads, out=out)
-        except KeyboardInterrupt:
-            print("\nsweep interrupted: run the same command again to finish the missing cells", file=sys.stderr)
-            return 130
-    print(f"\nsweep finished: {len(outcome.ran)} ran, {len(sweep.finished)} already finished, "
-          f"{len(outcome.failed)} failed\n", file=out)  # fmt: skip
-    for run_id, error in outcome.failed.items():
-        print(f"failed: {run_id}: {error}", file=out)
-    print(leaderboard.render(cells_board(root, outcome.run_ids), fmt), file=out)
-    return 1 if outcome.failed else 0
+    check_root(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(root, f"results root {root} (a sweep)").acquire()  # one sweep per root: no cell run twice
+    try:
+        clean_returned(root)
+        sweep = plan(cells, root, incompatible)
+        print(f"sweep: {len(cells)} cells ({len(scenario_names)} scenarios × {len(strategy_names)} strategies × "
+              f"{len(seed_list)} seeds{', minus incompatible pairs' if incompatible else ''}) under {root}: "
+              f"{len(sweep.finished)} already finished, {len(sweep.resume)} to resume, "
+              f"{len(sweep.todo) - len(sweep.resume)} to start", file=out, flush=True)  # fmt: skip
+        outcome = Outcome(run_ids=[sweep.finished.get(i, c.run_id) for i, c in enumerate(cells)])
+        if sweep.todo:
+            engine = make_backend(backend, jobs=jobs, address=address, cpus_per_run=cpus_per_run,
+                                  gpus_per_run=gpus_per_run)  # fmt: skip
+            where = f" at {engine.address}" if getattr(engine, "address", None) else ""
+            print(f"sweep: backend {engine.name}{where}, {engine.capacity} at a time, results {transfer} "
+                  f"({'written by the workers' if transfer == 'shared' else 'returned to this process'})",
+                  file=out, flush=True)  # fmt: skip
+            # torch threads per run: the CPUs each run was given; locally by default this machine's CPUs shared out
+            local_share = (os.cpu_count() or 1) // engine.capacity if backend == "local" else 1
+            threads = max(1, int(cpus_per_run or local_share))
+            try:
+                outcome = execute(sweep, engine, root, transfer=transfer, retries=retries, threads=threads, out=out)
+            except KeyboardInterrupt:
+                print("\nsweep interrupted: run the same command again to finish the missing cells", file=sys.stderr)
+                return 130
+        print(f"\nsweep finished: {len(outcome.ran)} ran, {len(sweep.finished)} already finished, "
+              f"{len(outcome.failed)} failed\n", file=out)  # fmt: skip
+        for run_id, error in outcome.failed.items():
+            print(f"failed: {run_id}: {one_line(error)}", file=out)
+        print(leaderboard.render(cells_board(root, outcome.run_ids), fmt), file=out)
+        return 1 if outcome.failed else 0
+    finally:
+        lock.release()

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_suite.config import ConfigError
+from cl_suite.locks import FolderLock, die_with_parent
 from cl_suite.results import RUN_FILE
 
 RAY_INSTALL_HINT = "--backend ray needs Ray: pip install 'cl-suite[ray]' (or pip install -c constraints.txt ray)"
@@ -61,10 +62,11 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"this worker resolves the config to hash {cfg.config_hash()}, the driver to "
                                   f"{job['config_hash']}: install the same cl-suite and plugins on every node")  # fmt: skip
             if (run_dir / RUN_FILE).exists():
-                runner.resume(run_dir, out=log, progress=False)
+                runner.resume(run_dir, out=log, progress=False, cfg=cfg)  # the driver's config, not the folder's
             else:
                 if run_dir.exists():  # killed before its record was written: nothing in it to keep
-                    shutil.rmtree(run_dir)
+                    with FolderLock(run_dir, f"run folder {run_dir}"):  # unless a live process is creating it
+                        shutil.rmtree(run_dir)
                 runner.start(cfg, root, out=log, progress=False, run_id=job["run_id"])
         except Exception as e:
             status, error = "failed", f"{type(e).__name__}: {e}"
@@ -107,6 +109,14 @@ def store_returned(files: dict[str, bytes], root: Path, run_id: str) -> Path:
     return dest
 
 
+def clean_returned(root: Path) -> None:
+    """Drop what an interrupted :func:`store_returned` left under ``root/runs`` (``.<id>.incoming-*``: a folder not
+    yet in place; ``.<id>.old-*``: one already replaced). Called by the sweep driver holding the root's lock."""
+    runs = Path(root) / "runs"
+    for leftover in [*runs.glob(".*.incoming-*"), *runs.glob(".*.old-*")] if runs.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def failed_result(run_id: str, error: BaseException | str) -> dict[str, Any]:
     """The result of a cell whose worker died or could not be reached (no folder came back)."""
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}".strip()
@@ -115,8 +125,10 @@ def failed_result(run_id: str, error: BaseException | str) -> dict[str, Any]:
 
 
 # -- local process pool ----------------------------------------------------------------------------------------
-def _init_local_worker(gpu_slots) -> None:
-    """Give this pool worker its own GPUs (before CUDA initialises), when the sweep asked for GPUs."""
+def _init_local_worker(gpu_slots, driver_pid: int | None = None) -> None:
+    """Tie this pool worker's life to the driver's (a killed driver leaves no worker writing cells), and give it
+    its own GPUs (before CUDA initialises) when the sweep asked for GPUs."""
+    die_with_parent(driver_pid)
     if gpu_slots is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_slots.get()
 
@@ -161,7 +173,7 @@ class LocalBackend:
                 for slot in self.slots[: self.capacity]:
                     queue.put(slot)
             self._pool = cf.ProcessPoolExecutor(self.capacity, mp_context=ctx, initializer=_init_local_worker,
-                                                initargs=(queue,))  # fmt: skip
+                                                initargs=(queue, os.getpid()))  # fmt: skip
         return self._pool
 
     def submit(self, job: dict[str, Any]) -> cf.Future:

@@ -15,11 +15,12 @@ Published numbers mostly use ResNet-12/18/20, which this suite does not ship yet
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from cl_suite.api import Context, Scenario, Task, TaskModel
+from cl_suite.api import Context, MissingData, Scenario, Task, TaskModel
 from cl_suite.config import ConfigError
 from cl_suite.data import class_subset
 from cl_suite.models.classifier import ClassifierModel, evaluate_accuracy
@@ -89,7 +90,7 @@ class FSCILScenario(Scenario):
         super().__init__(config, tiny=tiny)
         c = self.config
         if c.image_size % c.patch:
-            raise ValueError(f"image_size {c.image_size} must be divisible by patch {c.patch}")
+            raise ConfigError(f"scenario.image_size {c.image_size} must be divisible by scenario.patch {c.patch}")
         self.session_classes = self.protocol.session_classes()
         if tiny:
             self.session_classes = self.session_classes[:TINY_TASKS]
@@ -101,6 +102,23 @@ class FSCILScenario(Scenario):
 
     def source(self) -> fscil_data.ImageSource:
         raise NotImplementedError
+
+    layout: ClassVar[str] = ""  # the data folder's expected layout under scenario.root; "" for generated data
+    required: ClassVar[tuple[str, ...]] = ()  # paths under scenario.root that must exist
+
+    def check_data(self) -> None:
+        """Missing data is bad input before a run folder exists: the root, each required path, the index folder."""
+        if self.config.index_dir and not Path(self.config.index_dir).expanduser().is_dir():
+            raise MissingData(f"{type(self).__name__}: scenario.index_dir {self.config.index_dir} is not a folder "
+                              "(it holds session_<n>.txt lists)")  # fmt: skip
+        if not self.layout:
+            return
+        if not self.config.root:
+            raise MissingData(f"{type(self).__name__} needs its data: set scenario.root=<folder holding {self.layout}>")
+        for rel in self.required:
+            if not (Path(self.config.root).expanduser() / rel).exists():
+                raise MissingData(f"{type(self).__name__}: missing {Path(self.config.root) / rel}; expected "
+                                  f"{self.layout} under scenario.root")  # fmt: skip
 
     def _root(self, what: str) -> str:
         if not self.config.root:
@@ -163,6 +181,13 @@ class FSCILCifar100(FSCILScenario):
 
     protocol = PROTOCOLS["cifar100"]
     Config = CifarConfig
+    layout = "cifar-100-python/{train,test,meta} (torchvision's CIFAR-100 python version)"
+    required = ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta")
+
+    def check_data(self) -> None:
+        if self.config.download and self.config.root:  # torchvision fetches what is missing
+            return
+        super().check_data()
 
     def source(self) -> fscil_data.ImageSource:
         root = self._root("cifar-100-python (torchvision's CIFAR-100)")
@@ -174,6 +199,8 @@ class FSCILMiniImageNet(FSCILScenario):
 
     protocol = PROTOCOLS["mini_imagenet"]
     Config = MiniImageNetConfig
+    layout = "miniimagenet/images/*.jpg and miniimagenet/split/{train,test}.csv (CEC's layout)"
+    required = ("miniimagenet/images", "miniimagenet/split/train.csv", "miniimagenet/split/test.csv")
 
     def source(self) -> fscil_data.ImageSource:
         return fscil_data.mini_imagenet_source(self._root("miniimagenet/"), self.config.image_size)
@@ -184,6 +211,9 @@ class FSCILCub200(FSCILScenario):
 
     protocol = PROTOCOLS["cub200"]
     Config = CubConfig
+    layout = "CUB_200_2011/ with images.txt, train_test_split.txt, image_class_labels.txt and images/"
+    required = ("CUB_200_2011/images.txt", "CUB_200_2011/train_test_split.txt", "CUB_200_2011/image_class_labels.txt",
+                "CUB_200_2011/images")  # fmt: skip
 
     def source(self) -> fscil_data.ImageSource:
         return fscil_data.cub200_source(self._root("CUB_200_2011/"), self.config.image_size)
