@@ -92,9 +92,11 @@ def test_chat_template_is_used_when_the_tokenizer_has_one():
     model.tokenizer.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}" \
                                     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     chat = LLMTaskModel(model.lm, model.tokenizer, "tiny", prompt_format="auto")
-    assert chat.use_chat and chat.tokenizer.decode(chat.prompt_ids("hi")) == "<|user|>hi\n<|assistant|>"
+    assert chat.prompt_format == "chat" and chat.tokenizer.decode(chat.prompt_ids("hi")) == "<|user|>hi\n<|assistant|>"
     plain = LLMTaskModel(model.lm, model.tokenizer, "tiny", prompt_format="plain")
     assert plain.tokenizer.decode(plain.prompt_ids("hi")) == PLAIN_TEMPLATE.format(prompt="hi")
+    raw = LLMTaskModel(model.lm, model.tokenizer, "tiny", prompt_format="raw")  # O-LoRA / TRACE: BOS + the text
+    assert raw.prompt_ids("hi") == [model.tokenizer.bos_token_id, *model.tokenizer("hi", add_special_tokens=False).input_ids]
     model.tokenizer.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         LLMTaskModel(model.lm, model.tokenizer, "tiny", prompt_format="chat")
@@ -195,6 +197,6 @@ def test_smollm2_answers_from_the_converted_gguf():
     """The real SmolLM2-135M-Instruct (converted once into the cache): greedy generation is sensible text."""
     loaded = llm_backbones.load("smollm2-135m")
     model = LLMTaskModel(loaded.model, loaded.tokenizer, loaded.name)
-    assert model.use_chat
+    assert model.prompt_format == "chat"
     text = model.decode(model.predict({"prompt": ["What is the capital of France?"], "max_new_tokens": 12}, None))
     assert "paris" in text[0].lower()

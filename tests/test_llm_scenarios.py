@@ -61,10 +61,25 @@ def test_llm_tiny_backbone_auto_and_tiny_limits():
         LLMTiny(LLMTiny.Config(task_order=("topic", "poetry"))).tasks()
 
 
-def test_generation_budget_follows_the_longest_training_answer():
-    task = LLMTiny(LLMTiny.Config(task_order=("topic",))).tasks()[0]
-    assert task.meta["max_new_tokens"] == min(16, len("literature") + 4)
-    assert task.test[0]["max_new_tokens"] == task.meta["max_new_tokens"]
+def tiny_ctx(scenario, eval_batch_size=4):
+    import torch
+
+    from cl_suite.api import Context
+
+    return Context(device=torch.device("cpu"), dtype=torch.float32, seed=0, num_tasks=1, setting="instr",
+                   train=config.TrainConfig(eval_batch_size=eval_batch_size),
+                   make_loader=lambda ds, shuffle=False, batch_size=None: torch.utils.data.DataLoader(
+                       ds, batch_size=batch_size or 4, collate_fn=scenario.collate))  # fmt: skip
+
+
+def test_generation_budget_is_the_longest_tokenized_answer():
+    """The byte tokenizer makes one token per byte: 'literature' (10) + EOS; no 16-byte cap hides longer labels."""
+    scenario = LLMTiny(LLMTiny.Config(task_order=("topic",)), tiny=True)
+    task = scenario.tasks()[0]
+    scenario.build_model(tiny_ctx(scenario))
+    assert scenario.generation_budget(task) == len("literature") + 1
+    long_label = Text5.Config().max_new_tokens  # 50 (O-LoRA's generation_max_length)
+    assert long_label > len("Science or Technology") + 1
 
 
 def test_finetune_learns_then_forgets_on_llm_tiny(results_root):
@@ -86,14 +101,11 @@ def test_generation_evaluation_scores_a_memorised_answer():
     """Train the tiny Llama on one constant answer until it generates it: the scenario's evaluate must say 100."""
     import torch
 
-    from cl_suite.api import Context, Task
+    from cl_suite.api import Task
     from scenarios.llm_sequences import TextDataset
 
     scenario = LLMTiny(tiny=True)
-    ctx = Context(device=torch.device("cpu"), dtype=torch.float32, seed=0, num_tasks=1, setting="instr",
-                  train=config.TrainConfig(eval_batch_size=4),
-                  make_loader=lambda ds, shuffle=False, batch_size=None: torch.utils.data.DataLoader(
-                      ds, batch_size=batch_size or 4, collate_fn=scenario.collate))  # fmt: skip
+    ctx = tiny_ctx(scenario)
     torch.manual_seed(0)
     model = scenario.build_model(ctx)
     examples = [{"prompt": f"Question {i}: is this a test?", "answer": "yes"} for i in range(6)]
@@ -108,7 +120,7 @@ def test_generation_evaluation_scores_a_memorised_answer():
         optimizer.step()
     model.eval()
     after = scenario.evaluate(lambda b: model.predict(b, None), task, ctx)
-    assert before["score"] == 0.0 and after == {"score": 100.0, "em": 100.0, "rougeL": 100.0, "n": 6}
+    assert before["score"] == 0.0 and after == {"score": 100.0, "em": 100.0, "rougeL": pytest.approx(100.0), "n": 6}
 
 
 # -- text5 / text15 (O-LoRA CL_Benchmark layout) ---------------------------------------------------------------
@@ -130,11 +142,14 @@ def test_text5_reads_the_cl_benchmark_layout(tmp_path):
     tasks = scenario.tasks()
     assert [t.name for t in tasks] == list(TEXT5_ORDERS[1]) == ["dbpedia", "amazon", "yahoo", "agnews"]
     first = tasks[3].train[0]
-    assert first["prompt"] == ("What is the topic of the following paragraph? Choose one from the option.\n"
+    assert first["prompt"] == ("Task:TC\nDataset:agnews\n"
+                               "What is the topic of the following paragraph? Choose one from the option.\n"
                                "Option: World, Sports, Business, Science or Technology \nagnews train example 0\nAnswer:")
-    assert first["answer"] == "World" and tasks[3].meta["metric"] == "em"
+    assert first["answer"] == "World" and tasks[3].meta["metric"] == "olora_em"
     copa = Text5(Text5.Config(data_dir=str(tmp_path), task_order=("copa",))).tasks()[0]
-    assert copa.train[0]["prompt"] == "copa train example 0\nAnswer:"  # COPA has no instruction in O-LoRA
+    assert copa.train[0]["prompt"] == "Task:COPA\nDataset:COPA\ncopa train example 0\nAnswer:"  # no instruction
+    chat = Text5(Text5.Config(data_dir=str(tmp_path), task_order=("copa",), prompt_format="chat")).tasks()[0]
+    assert chat.train[0]["prompt"] == "copa train example 0\nAnswer:"
     sub = Text5(Text5.Config(data_dir=str(tmp_path), train_per_task=4, test_per_task=2)).tasks()
     assert all((len(t.train), len(t.test)) == (4, 2) for t in sub)
 
@@ -174,7 +189,7 @@ def write_trace(root, n=5):
     for name in TRACE_ORDER:
         (root / name).mkdir(parents=True)
         for split in ("train", "eval", "test"):
-            rows = [{"prompt": f"{name} question {i}?", "answer": f"Answer: {'AB'[i % 2]}\nBecause {i}"
+            rows = [{"prompt": f"{name} question {i}?", "answer": f"{'AB'[i % 2]}\nBecause {i}"
                      if name == "ScienceQA" else f"{name} answer {i % 2}"} for i in range(n)]  # fmt: skip
             (root / name / f"{split}.json").write_text(json.dumps(rows))
 
@@ -184,23 +199,31 @@ def test_trace_reads_its_layout_with_per_task_metrics(tmp_path, results_root):
     tasks = Trace(Trace.Config(data_dir=str(tmp_path))).tasks()
     assert [t.name for t in tasks] == list(TRACE_ORDER)
     metrics = {t.name: t.meta["metric"] for t in tasks}
-    assert metrics["MeetingBank"] == "rougeL" and metrics["Py150"] == "edit_sim" and metrics["FOMC"] == "em"
-    assert tasks[0].train[0] == {"prompt": "C-STANCE question 0?", "answer": "C-STANCE answer 0",
-                                 "max_new_tokens": len("C-STANCE answer 0") + 4}  # fmt: skip
+    assert metrics == {"C-STANCE": "trace_acc", "FOMC": "trace_acc", "MeetingBank": "rougeL", "Py150": "py150_sim",
+                       "ScienceQA": "scienceqa_acc", "NumGLUE-cm": "trace_acc", "NumGLUE-ds": "trace_acc",
+                       "20Minuten": "sari"}  # fmt: skip
+    assert tasks[0].train[0] == {"prompt": "C-STANCE question 0?", "answer": "C-STANCE answer 0", "max_new_tokens": 512}
     R, record, _ = run({"scenario": {"name": "trace", "data_dir": str(tmp_path)}, "strategy": "finetune",
                         "tiny": True}, {"train.max_steps": "1"}, results_root)  # fmt: skip
     assert record["status"] == "success" and R.shape == (3, 2)
     assert {"trace_op", "trace_bwt", "bwt"} <= set(record["summary"])
 
 
-def test_trace_scienceqa_is_scored_on_the_answer_letter():
-    meta = {"metric": "em", "extract": llm_files.TRACE_TASKS["ScienceQA"][1]}
-    gold = "Answer: A\nBecause wax reduces friction."
-    assert score_example("Answer: A\nBecause it is slippery", gold, meta)["score"] == 1.0
-    assert score_example("Answer: B\nBecause wax reduces friction.", gold, meta)["score"] == 0.0
-    assert score_example("I think A", gold, meta)["score"] == 0.0
-    scores = score_example(gold, gold, {"metric": "rougeL"})
-    assert scores == {"score": 1.0, "em": 1.0, "rougeL": 1.0}
+def test_trace_scienceqa_perfect_answer_scores_one():
+    """TRACE's ScienceQA answers start with the letter ("A\nBecause ..."); a perfect answer scores 1."""
+    meta = {"metric": llm_files.TRACE_TASKS["ScienceQA"]}
+    gold = "A\nBecause wax reduces friction."
+    assert score_example(gold, gold, meta) == {"score": 1.0, "em": 1.0, "rougeL": pytest.approx(1.0)}
+    assert score_example("A\nBecause it is slippery", gold, meta)["score"] == 1.0
+    assert score_example("B\nBecause wax reduces friction.", gold, meta)["score"] == 0.0
+
+
+def test_trace_sari_scores_against_the_prompt_as_source():
+    meta = {"metric": "sari"}
+    src = "Provide a simplified version of the following paragraph in German.\n\nDer Bundesrat hat entschieden."
+    same = score_example("Der Bundesrat hat entschieden.", "Der Bundesrat hat entschieden.", meta, source=src)
+    other = score_example("Etwas anderes.", "Der Bundesrat hat entschieden.", meta, source=src)
+    assert same["score"] > other["score"] > 0
 
 
 def test_trace_bwt_sign_convention():

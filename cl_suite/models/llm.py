@@ -1,8 +1,10 @@
 """The instruction TaskModel around a transformers causal LM: answer-only loss, batched greedy generation.
 
 Batches are text: ``{"prompt": [str], "answer": [str], "max_new_tokens": int}`` (the scenario's collate). The model
-formats each prompt with the tokenizer's chat template when it has one (one user turn, then the assistant header),
-else with a plain ``### Instruction / ### Response`` layout; the answer follows, closed by the EOS token. The loss is
+formats each prompt as ``prompt_format`` says: ``raw`` (BOS, then the text as given: O-LoRA's and TRACE's input),
+``chat`` (the tokenizer's chat template: one user turn, then the assistant header), ``plain`` (a ``### Instruction /
+### Response`` layout), or ``auto`` (chat when the tokenizer has a template, else plain); the answer follows, closed
+by the EOS token. The loss is
 the mean cross-entropy over the answer tokens only (prompt and padding labels are -100), as TRACE's and O-LoRA's
 supervised fine-tuning do. ``predict`` left-pads the prompts and decodes greedily; it returns the new token ids
 (B, L), padded with the pad id after EOS, and ``decode`` turns them into text for the scenario's metrics.
@@ -24,6 +26,7 @@ from torch import nn
 from cl_suite.api import Batch, BlockView, LinearTarget, Task, TaskModel
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+PROMPT_FORMATS = ("auto", "chat", "plain", "raw")  # auto: chat when the tokenizer has a template, else plain
 LLAMA_ROLES = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",
                "mlp.gate_proj": "fc1", "mlp.up_proj": "fc1", "mlp.down_proj": "fc2"}  # fmt: skip
 GPT2_ROLES = {"attn.c_attn.q": "q", "attn.c_attn.k": "k", "attn.c_attn.v": "v", "attn.c_proj": "o",
@@ -77,8 +80,8 @@ class LLMTaskModel(TaskModel):
     def __init__(self, lm: nn.Module, tokenizer: Any, backbone_name: str, *, max_prompt_tokens: int = 512,
                  max_answer_tokens: int = 256, prompt_format: str = "auto") -> None:  # fmt: skip
         super().__init__()
-        if prompt_format not in ("auto", "chat", "plain"):
-            raise ValueError(f"prompt_format must be auto, chat or plain, got {prompt_format!r}")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
         if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"prompt_format=chat, but the tokenizer of {backbone_name} has no chat template")
         self.arch = architecture(lm)
@@ -89,7 +92,9 @@ class LLMTaskModel(TaskModel):
         self.backbone_name = backbone_name
         self.max_prompt_tokens = max_prompt_tokens
         self.max_answer_tokens = max_answer_tokens
-        self.use_chat = prompt_format == "chat" or (prompt_format == "auto" and bool(tokenizer.chat_template))
+        if prompt_format == "auto":
+            prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+        self.prompt_format = prompt_format
 
     # -- text <-> tokens -------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -99,9 +104,12 @@ class LLMTaskModel(TaskModel):
         """Token ids of the formatted prompt; the raw prompt is cut to ``max_prompt_tokens`` first (head kept)."""
         tok = self.tokenizer
         ids = tok(prompt, add_special_tokens=False).input_ids
+        if self.prompt_format == "raw":  # BOS + the text, as O-LoRA's and TRACE's collators feed it
+            bos = [] if tok.bos_token_id is None else [tok.bos_token_id]
+            return bos + ids[: self.max_prompt_tokens]
         if len(ids) > self.max_prompt_tokens:
             prompt = tok.decode(ids[: self.max_prompt_tokens])
-        if self.use_chat:
+        if self.prompt_format == "chat":
             text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                            add_generation_prompt=True)  # fmt: skip
             return tok(text, add_special_tokens=False).input_ids
