@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from cl_suite import text_metrics
 from cl_suite.api import Batch, Context, Scenario, Task, TaskModel, to_device
+from cl_suite.config import ConfigError
 from scenarios import llm_files, llm_tiny_data
 
 TINY_TASKS, TINY_TRAIN, TINY_TEST = 2, 32, 16  # --tiny: at most 2 tasks, 32 train and 16 test examples each
@@ -122,9 +123,9 @@ class LLMSequence(Scenario):
     def __init__(self, config: Any = None, *, tiny: bool = False) -> None:
         super().__init__(config, tiny=tiny)
         if not self.task_names():
-            raise ValueError("scenario.task_order is empty; give at least one task name")
+            raise ConfigError("scenario.task_order is empty; give at least one task name")
         if self.config.prompt_format not in self.prompt_formats:
-            raise ValueError(f"scenario.prompt_format must be one of {', '.join(self.prompt_formats)}, "
+            raise ConfigError(f"scenario.prompt_format must be one of {', '.join(self.prompt_formats)}, "
                              f"got {self.config.prompt_format!r}")  # fmt: skip
         self._model = None
         self._budgets: dict[str, int] = {}
@@ -244,7 +245,7 @@ class Text5(LLMSequence):
     def task_names(self):
         order = self.config.order
         if order and order not in self.orders:
-            raise ValueError(f"scenario.order must be one of {', '.join(map(str, self.orders))} (O-LoRA's orders "
+            raise ConfigError(f"scenario.order must be one of {', '.join(map(str, self.orders))} (O-LoRA's orders "
                              f"for this scenario), or 0 to use scenario.task_order; got {order}")  # fmt: skip
         return self.orders[order] if order else tuple(self.config.task_order)
 

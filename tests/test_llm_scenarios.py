@@ -233,3 +233,106 @@ def test_trace_bwt_sign_convention():
     R = np.array([[0.0, 0.0], [80.0, 10.0], [50.0, 90.0]])  # row -1 first; task 0 drops from 80 to 50
     assert metrics.bwt(R) == pytest.approx(-30.0) and metrics.trace_bwt(R) == pytest.approx(-15.0)
     assert metrics.trace_op(R) == metrics.last(R) == pytest.approx(70.0)
+
+
+# -- protocols: orders, official inputs, recipes, missing data, protocol cards ----------------------------------
+def test_olora_orders_by_number():
+    assert Text5(Text5.Config(order=3)).task_names() == ("yahoo", "amazon", "agnews", "dbpedia")
+    assert Text15(Text15.Config(order=6)).task_names()[:3] == ("yelp", "amazon", "mnli")  # scripts/long.sh
+    with pytest.raises(config.ConfigError, match="must be one of 4, 5, 6"):
+        Text15(Text15.Config(order=2))
+    with pytest.raises(config.ConfigError, match="prompt_format must be one of o-lora, chat"):
+        Text5(Text5.Config(prompt_format="trace"))
+
+
+def test_olora_input_for_every_task_matches_the_official_format(tmp_path):
+    """Expected strings follow cmnfriend/O-LoRA @ 07117e1 step by step: uie_dataset_lora.py builds
+    instruction + "Option: " + ', '.join(labels) + " \\n" + "{0}" + "\\nAnswer:" (COPA: "{0}" + "\\nAnswer:"), and
+    uie_collator.get_instruction prepends "Task:" + Task + "\\n" + "Dataset:" + Dataset + "\\n" and formats {0}."""
+    from scenarios import llm_fixtures
+
+    llm_fixtures.write_cl_benchmark(tmp_path, n=2)
+    instructions = {  # configs/instruction_config.json, verbatim
+        "TC": "What is the topic of the following paragraph? Choose one from the option.\n",
+        "SC": "What is the sentiment of the following paragraph? Choose one from the option.\n",
+        "NLI": 'What is the logical relationship between the "sentence 1" and the "sentence 2"? Choose one from the option.\n',
+        "QQP": 'Whether the "first sentence" and the "second sentence" have the same meaning? Choose one from the option.\n',
+        "BoolQA": "According to the following passage, is the question true or false? Choose one from the option.\n",
+        "MultiRC": "According to the following passage and question, is the candidate answer true or false? Choose one from the option.\n",
+        "WiC": "Given a word and two sentences, whether the word is used with the same sense in both sentence? Choose one from the option.\n",
+    }  # fmt: skip
+    for name in llm_files.CL_BENCHMARK_TASKS:
+        group, dataset = llm_files.CL_BENCHMARK_TASKS[name]
+        base = tmp_path / group / dataset
+        row = json.loads((base / "train.json").read_text())[0]
+        labels = json.loads((base / "labels.json").read_text())
+        instruction = "{0}" + "\nAnswer:" if group == "COPA" else \
+            instructions[group] + "Option: " + ", ".join(labels) + " \n" + "{0}" + "\nAnswer:"
+        expected = ("Task:" + group + "\n" + "Dataset:" + dataset + "\n" + instruction).format(row["sentence"])
+        train, _, meta = llm_files.cl_benchmark_task(tmp_path, name)
+        assert train[0] == {"prompt": expected, "answer": row["label"]}, name
+        assert meta["metric"] == "olora_em"
+
+
+def test_trace_prompts_are_fed_raw(tmp_path):
+    """TRACE's DataCollator feeds BOS + prompt (+ answer + EOS in training); the loader keeps the prompt as is."""
+    from scenarios import llm_fixtures
+
+    llm_fixtures.write_trace(tmp_path, n=2)
+    for name in TRACE_ORDER:
+        row = json.loads((tmp_path / name / "test.json").read_text())[0]
+        _, test, _ = llm_files.trace_task(tmp_path, name)
+        assert test[0] == {"prompt": row["prompt"], "answer": row["answer"]}
+        assert row["prompt"].startswith(llm_files.TRACE_INSTRUCTIONS[name])
+
+
+def test_missing_task_file_is_one_line_naming_task_path_and_layout(tmp_path):
+    from cl_suite.api import MissingData
+    from scenarios import llm_fixtures
+
+    llm_fixtures.write_cl_benchmark(tmp_path, n=2, names=("dbpedia", "amazon"))
+    (tmp_path / "SC" / "amazon" / "labels.json").unlink()
+    with pytest.raises(MissingData) as e:
+        Text5(Text5.Config(data_dir=str(tmp_path), order=1), tiny=True).check_data()
+    message = str(e.value)
+    assert "\n" not in message and "task amazon" in message and "SC/amazon/labels.json" in message
+    assert "CL_Benchmark layout" in message
+
+
+def test_protocol_cards_list_a_metric_and_an_input_per_task():
+    from cl_suite import protocol_card
+
+    card = protocol_card.build("trace")
+    assert [t["metric"] for t in card["tasks"]] == [llm_files.TRACE_TASKS[n] for n in TRACE_ORDER]
+    assert card["train"]["task_epochs"] == [5, 3, 7, 5, 3, 5, 5, 7]
+    assert all(t["example_input"].startswith(llm_files.TRACE_INSTRUCTIONS[t["name"]]) for t in card["tasks"])
+    text5 = protocol_card.build("text5", {"scenario.order": "2"})
+    assert [t["name"] for t in text5["tasks"]] == list(TEXT5_ORDERS[2])
+    assert text5["tasks"][0]["example_input"].startswith("Task:TC\nDataset:dbpedia\nWhat is the topic")
+    assert all(s["commit"] for s in text5["sources"] + card["sources"])
+
+
+def test_fixture_runs_follow_the_protocols(tmp_path, results_root):
+    """The README's smoke commands on the fixture folders; TRACE's per-task epochs decide the steps per task."""
+    from scenarios import llm_fixtures
+
+    llm_fixtures.main([str(tmp_path), "--n", "8"])
+    R, record, _ = run({"scenario": {"name": "text5", "data_dir": str(tmp_path / "CL_Benchmark"), "order": 1},
+                        "strategy": "finetune", "tiny": True}, {"train.max_steps": "1"}, results_root)  # fmt: skip
+    assert record["status"] == "success" and record["tasks"] == ["dbpedia", "amazon"]
+    R, record, _ = run({"scenario": {"name": "trace", "data_dir": str(tmp_path / "TRACE")}, "strategy": "finetune",
+                        "tiny": True}, {"train.batch_size": "8"}, results_root)  # fmt: skip
+    assert record["status"] == "success" and R.shape == (3, 2)
+    steps = pd.read_json(next((results_root / "runs").glob("*trace*")) / "train.jsonl", lines=True)
+    assert steps.groupby("task")["step"].max().tolist() == [5, 3]  # 8 examples / batch 8 = 1 step per epoch
+
+
+def test_task_epochs_must_cover_every_task(tmp_path, results_root):
+    from scenarios import llm_fixtures
+
+    llm_fixtures.write_trace(tmp_path, n=4, names=TRACE_ORDER[:2])
+    cfg = config.resolve({"scenario": {"name": "trace", "data_dir": str(tmp_path)}, "strategy": "finetune",
+                          "tiny": True}, {"train.task_epochs": "2"})  # fmt: skip
+    with pytest.raises(config.ConfigError, match="task_epochs needs a count >= 1 for each of the 2 tasks"):
+        runner.start(cfg, results_root, out=io.StringIO(), progress=False)
+    assert config.TrainConfig(task_epochs=(5, 3)).epochs_for(1) == 3 and config.TrainConfig(epochs=2).epochs_for(7) == 2
