@@ -189,11 +189,16 @@ class LLMSequence(Scenario):
     def evaluate(self, predict, task: Task, ctx: Context) -> dict[str, float]:
         if self._model is None:
             raise RuntimeError("evaluate() needs the model from build_model() (its tokenizer decodes the answers)")
+        from cl_suite.models.llm import sorted_batches
+
         budget = self.generation_budget(task)
         totals = {"score": 0.0, "em": 0.0, "rougeL": 0.0}
         n = 0
-        for batch in ctx.loader(task.test, batch_size=ctx.train.eval_batch_size):
-            texts = self._model.decode(predict(to_device({**batch, "max_new_tokens": budget}, ctx.device)))
+        items = [task.test[i] for i in range(len(task.test))]
+        lengths = [len(self._model.prompt_ids(x["prompt"])) for x in items]
+        for chunk in sorted_batches(lengths, ctx.train.eval_batch_size):  # similar lengths: little padding
+            batch = {**self.collate([items[i] for i in chunk]), "max_new_tokens": budget}
+            texts = self._model.decode(predict(to_device(batch, ctx.device)))
             for prompt, pred, gold in zip(batch["prompt"], texts, batch["answer"]):
                 for name, value in score_example(pred, gold, task.meta, source=prompt).items():
                     totals[name] += value

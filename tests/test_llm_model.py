@@ -200,3 +200,22 @@ def test_smollm2_answers_from_the_converted_gguf():
     assert model.prompt_format == "chat"
     text = model.decode(model.predict({"prompt": ["What is the capital of France?"], "max_new_tokens": 12}, None))
     assert "paris" in text[0].lower()
+
+
+@pytest.mark.parametrize("make", ["llama", "gpt2"])
+def test_greedy_loop_equals_transformers_generate(make):
+    """The evaluation's own KV-cache loop gives the tokens of lm.generate(do_sample=False) on left-padded prompts."""
+    from transformers import GenerationConfig
+
+    torch.manual_seed(0)
+    model = tiny_model() if make == "llama" else LLMTaskModel(*tiny_gpt2(), "gpt2", prompt_format="plain")
+    model.eval()
+    inputs = model.encode_prompts(PROMPTS)
+    tok = model.tokenizer
+    ref = model.lm.generate(**inputs, generation_config=GenerationConfig(
+        max_new_tokens=7, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    ref = ref[:, inputs["input_ids"].shape[1]:]
+    ref = ref.masked_fill((ref == tok.eos_token_id).long().cumsum(1) > 0, tok.pad_token_id)
+    ours = model.predict({"prompt": PROMPTS, "max_new_tokens": 7}, None)
+    assert ours.tolist() == ref[:, : ours.shape[1]].tolist()
+    assert (ref[:, ours.shape[1]:] == tok.pad_token_id).all()

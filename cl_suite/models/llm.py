@@ -156,17 +156,12 @@ class LLMTaskModel(TaskModel):
 
     @torch.no_grad()
     def predict(self, batch: Batch, task_id: int | None) -> torch.Tensor:
-        """Greedy continuation of each prompt: (B, L) new token ids, pad id after EOS."""
-        from transformers import GenerationConfig
-
+        """Greedy continuation of each prompt: (B, L) new token ids, pad id after EOS (L <= max_new_tokens: the
+        loop stops once every row has ended)."""
         inputs = self.encode_prompts(list(batch["prompt"]))
         tok = self.tokenizer
-        config = GenerationConfig(max_new_tokens=int(batch.get("max_new_tokens", 32)), do_sample=False,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
-        out = self.lm.generate(**inputs, generation_config=config)
-        new = out[:, inputs["input_ids"].shape[1] :]
-        after_eos = (new == tok.eos_token_id).long().cumsum(dim=1) > 0
-        return new.masked_fill(after_eos, tok.pad_token_id)
+        return greedy_generate(self.lm, inputs["input_ids"], inputs["attention_mask"],
+                               int(batch.get("max_new_tokens", 32)), tok.eos_token_id, tok.pad_token_id)  # fmt: skip
 
     def linear_targets(self) -> list[LinearTarget]:
         prefix, layers, roles = (("lm.model.layers", self.lm.model.layers, LLAMA_ROLES) if self.arch == "llama"
@@ -183,3 +178,37 @@ class LLMTaskModel(TaskModel):
             return [BlockView(i, b, b.self_attn, b.post_attention_layernorm, b.mlp)
                     for i, b in enumerate(self.lm.model.layers)]  # fmt: skip
         return [BlockView(i, b, b.attn, b.ln_2, b.mlp) for i, b in enumerate(self.lm.transformer.h)]
+
+
+@torch.no_grad()
+def greedy_generate(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                    eos_id: int, pad_id: int) -> torch.Tensor:  # fmt: skip
+    """Batched greedy decoding of left-padded prompts with the KV cache: one prefill, then one token per step;
+    stops when every row has produced EOS. Returns the new ids (B, L), ``pad_id`` from each row's EOS on.
+
+    The same tokens as ``lm.generate(do_sample=False)`` (a test checks it), without its per-step processors."""
+    mask = attention_mask
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache_key = "cache" if "cache" in out else "past_key_values"  # transformers >= 5.2x names it cache
+    steps = []
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for step in range(max_new_tokens):
+        token = out.logits[:, -1].argmax(dim=-1)
+        token = token.masked_fill(done, pad_id)
+        steps.append(token)
+        done |= token == eos_id
+        if done.all() or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                 **{cache_key: out[cache_key]})  # fmt: skip
+    new = torch.stack(steps, dim=1) if steps else input_ids.new_zeros((input_ids.shape[0], 0))
+    return new.masked_fill(new == eos_id, pad_id)
+
+
+def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so left padding wastes little compute."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
