@@ -18,6 +18,7 @@ same model, but every projection is a plain linear that adapters can wrap. Roles
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -189,7 +190,9 @@ def greedy_generate(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     The same tokens as ``lm.generate(do_sample=False)`` (a test checks it), without its per-step processors."""
     mask = attention_mask
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    # the prompt's last position is the only one whose logits are read (vocab x length otherwise)
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.forward).parameters else {}
+    out = lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
     cache_key = "cache" if "cache" in out else "past_key_values"  # transformers >= 5.2x names it cache
     steps = []
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
