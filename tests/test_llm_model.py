@@ -219,3 +219,13 @@ def test_greedy_loop_equals_transformers_generate(make):
     ours = model.predict({"prompt": PROMPTS, "max_new_tokens": 7}, None)
     assert ours.tolist() == ref[:, : ours.shape[1]].tolist()
     assert (ref[:, ours.shape[1]:] == tok.pad_token_id).all()
+
+
+def test_bench_generate_compares_the_paths_on_the_same_tokens(capsys):
+    from cl_suite import cli
+
+    assert cli.main(["bench", "generate", "--backbone", "tiny-llama", "--examples", "6", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0]: line for line in out.splitlines() if line.startswith(("eval path", "generate,"))}
+    assert set(rows) == {"eval path", "generate, batched", "generate, one by one"}
+    assert all(line.rstrip().endswith("yes") for line in rows.values())  # same greedy tokens on every path
