@@ -173,6 +173,13 @@ def cmd_bench_mora(args) -> int:
     return _print_bench(bench_mora, args, d=args.d, tokens=args.tokens, rank=args.rank, topk=args.topk, tasks=tasks)
 
 
+def cmd_bench_generate(args) -> int:
+    from cl_suite.models import bench_generate
+
+    return _print_bench(bench_generate, args, backbone=args.backbone, batch_size=args.batch_size,
+                        examples=args.examples)  # fmt: skip
+
+
 def app_command(root: Path, port: int) -> tuple[list[str], dict[str, str]]:
     """The Streamlit command line and environment of `cl-suite app` (headless, localhost only, one results root)."""
     import importlib.util
@@ -425,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--format", choices=["text", "markdown", "csv", "latex"], default="text")
     swp.set_defaults(func=cmd_sweep)
 
-    bench = sub.add_parser("bench", help="micro-benchmarks (kernels: the fused adapter op)")
+    bench = sub.add_parser("bench", help="micro-benchmarks (kernels, mora, generate: the LLM evaluation path)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     bk = bench_sub.add_parser("kernels", help="adapter op vs frozen linear vs per-group loop (and Triton on CUDA)")
     bk.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -443,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--reps", type=int, default=5, help="CPU repeats per variant; the minimum is reported (default: 5)")
     bm.add_argument("--csv", metavar="PATH", help="also save the table as CSV")
     bm.set_defaults(func=cmd_bench_mora)
+    bg = bench_sub.add_parser("generate", help="examples/s of the LLM evaluation path vs plain model.generate loops")
+    bg.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bg.add_argument("--backbone", default="smollm2-135m", help="smollm2-135m (default), tiny-llama or hf:<name>")
+    bg.add_argument("--batch-size", type=int, default=16, help="evaluation batch size (default: 16)")
+    bg.add_argument("--examples", type=int, default=48, help="llm-tiny test prompts to generate for (default: 48)")
+    bg.add_argument("--reps", type=int, default=1, help="timed runs per variant; the minimum is reported (default: 1)")
+    bg.add_argument("--csv", metavar="PATH", help="also save the table as CSV")
+    bg.set_defaults(func=cmd_bench_generate)
 
     app = sub.add_parser("app", help="the Streamlit leaderboard on http://127.0.0.1:PORT over one results root")
     app.add_argument("--port", type=int, default=8501, help="local port (default: 8501)")

