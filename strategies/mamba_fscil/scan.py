@@ -49,15 +49,18 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 
 
 def _sequential(u, delta, A, B, C) -> torch.Tensor:
-    """One position at a time, vectorised over batch, channels and states (fastest on a CPU for short sequences)."""
-    decay = torch.exp(delta[..., None] * A[None, :, None, :])  # (b, d, L, n)
-    inputs = (delta * u)[..., None] * B.transpose(1, 2)[:, None]  # (b, d, L, n)
+    """One position at a time, vectorised over batch, channels and states (fastest on a CPU for short sequences).
+
+    ``unbind`` rather than indexing: its backward is one stack, where each index's backward fills a full zero tensor.
+    """
+    decay = torch.exp(delta[..., None] * A[None, :, None, :]).unbind(2)  # L x (b, d, n)
+    inputs = ((delta * u)[..., None] * B.transpose(1, 2)[:, None]).unbind(2)
     state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    outputs = []
-    for t in range(u.shape[-1]):
-        state = decay[:, :, t] * state + inputs[:, :, t]
-        outputs.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
-    return torch.stack(outputs, dim=-1)
+    states = []
+    for a, b in zip(decay, inputs):
+        state = a * state + b
+        states.append(state)
+    return torch.einsum("bdln,bnl->bdl", torch.stack(states, dim=2), C)
 
 
 def _chunked(u, delta, A, B, C, chunk: int) -> torch.Tensor:

@@ -71,9 +71,9 @@ class MambaFSCILConfig:
     mixup: float = 0.5  # fixed feature-mixup coefficient in incremental sessions
     mixup_prob: float = 0.75
     inc_lr: float = 0.25  # finetune_lr
-    inc_steps: int = 200  # step_list
-    novel_copy: int = 1  # copy_list
-    base_copy: int = 1  # base_copy_list
+    inc_steps: tuple[int, ...] = (200,)  # step_list: per session (the last entry repeats)
+    novel_copy: tuple[int, ...] = (1,)  # copy_list: per session
+    base_copy: tuple[int, ...] = (1,)  # base_copy_list: per session
     base_branch_lr_mult: float = 0.0  # paramwise lr_mult of neck.mlp_proj/block/pos_embed/residual_proj
     scan_chunk: int = 1  # positions the scan solves at once (speed/memory only; 1: step by step)
 
@@ -92,6 +92,11 @@ class MemoryDataset(Dataset):
         return {"tokens": self.tokens[j], "pooled": self.pooled[j], "y": self.labels[j]}
 
 
+def _per_session(values: tuple[int, ...], task: Task) -> int:
+    """The entry of a per-session list for incremental session ``task.index`` (1-based); the last one repeats."""
+    return values[min(task.index, len(values)) - 1]
+
+
 def _grid(length: int) -> tuple[int, int]:
     side = math.isqrt(length)
     return (side, side) if side * side == length else (1, length)
@@ -107,7 +112,9 @@ class MambaFSCIL(Strategy):
     def __init__(self, config: MambaFSCILConfig | None = None) -> None:
         super().__init__(config)
         c = self.config
-        if c.inc_steps < 1 or c.novel_copy < 0 or c.base_copy < 0:
+        if not (c.inc_steps and c.novel_copy and c.base_copy):
+            raise ValueError("mamba-fscil: inc_steps, novel_copy and base_copy need at least one entry")
+        if min(c.inc_steps) < 1 or min(c.novel_copy) < 0 or min(c.base_copy) < 0:
             raise ValueError("mamba-fscil: inc_steps must be >= 1 and the copy counts >= 0")
         if not 0 <= c.mixup_prob <= 1:
             raise ValueError(f"mamba-fscil: mixup_prob must be in [0, 1], got {c.mixup_prob}")
@@ -205,13 +212,13 @@ class MambaFSCIL(Strategy):
         self._pending = self._class_means(tokens, pooled, labels)
         c = self.config
         parts = [(tokens, pooled, labels)]
-        for group, copies in (("novel", c.novel_copy), ("base", c.base_copy)):
+        for group, copies in (("novel", _per_session(c.novel_copy, task)), ("base", _per_session(c.base_copy, task))):
             if f"{group}_labels" in self.memory and copies:
                 keys = ("tokens", "pooled", "labels")
                 parts.append(tuple(self.memory[f"{group}_{k}"].repeat_interleave(copies, 0) for k in keys))
         tokens, pooled, labels = (torch.cat(x) for x in zip(*parts))
         train = self.ctx.train
-        per_epoch = math.ceil(c.inc_steps / max(1, train.epochs))
+        per_epoch = math.ceil(_per_session(c.inc_steps, task) / max(1, train.epochs))
         self._session = MemoryDataset(tokens.cpu(), pooled.cpu(), labels.cpu(), per_epoch * train.batch_size)
 
     def train_data(self, task: Task) -> Dataset:
