@@ -61,7 +61,7 @@ class MambaFSCILConfig:
     num_layers_new: int = 2
     use_residual_proj: bool = False  # forced on when out_channels differs from the backbone width
     detach_residual: bool = True
-    loss_weight_supp: float = 100.0
+    loss_weight_supp: float = 10.0  # official 100: it closes or blows up the gate at this suite's widths (README)
     loss_weight_supp_novel: float = 1e-5
     loss_weight_sep: float = 0.0
     loss_weight_sep_new: float = 1e-3
