@@ -174,3 +174,16 @@ def test_base_branch_and_backbone_are_frozen_after_the_base_session(results_root
     assert record["status"] == "success" and record["strategy_stats"][1]["new_branch"] is True
     R, _ = results.score_matrix(pd.DataFrame(evals), record["metric"], record["num_tasks"])
     assert R.shape == (3, 2)
+
+
+def test_per_session_lists_repeat_their_last_entry_and_bad_knobs_are_refused():
+    from cl_suite.api import Task
+    from strategies.mamba_fscil.strategy import MambaFSCIL, _per_session
+
+    # mini_imagenet eval config: step_list = (100, 110, ..., 170)
+    steps = tuple(range(100, 180, 10))
+    assert [_per_session(steps, Task(i, "s", None, None)) for i in (1, 8, 9)] == [100, 170, 170]
+    with pytest.raises(ValueError, match="inc_steps must be >= 1"):
+        MambaFSCIL(MambaFSCIL.Config(inc_steps=(0,)))
+    with pytest.raises(ValueError, match="mixup_prob"):
+        MambaFSCIL(MambaFSCIL.Config(mixup_prob=1.5))
