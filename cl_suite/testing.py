@@ -224,7 +224,8 @@ def resume_from_first_checkpoint(run_dir: str | Path) -> Path:
     for checkpoint in sorted((copy / "checkpoints").glob("task-*.pt"))[1:]:
         checkpoint.unlink()
     results.RunStore(copy).update(status="running", run_id="resumed")
-    runner.resume(copy, out=io.StringIO(), progress=False)
+    # The run was just made by this checker from a ref the user typed, so its config's ref is trusted.
+    runner.resume(copy, out=io.StringIO(), progress=False, allow_config_refs=True)
     return copy
 
 

@@ -1,0 +1,1 @@
+"""Mamba-FSCIL: a dual selective state-space projector for few-shot class-incremental learning (see strategy.py)."""
