@@ -290,7 +290,7 @@ class SwitchBinding:
         def hook(module, args, kwargs):
             weights = gate(hidden_of(args, kwargs))
             self.routing[i] = weights
-            if self.merge and not gate.training and weights.numel() == weights.shape[-1]:
+            if self.merge and not module.training and weights.numel() == weights.shape[-1]:
                 for layer in mine.values():
                     layer.switch_merge(expand_to_ranks(weights.reshape(-1), [g.rank for g in layer.groups])
                                        * _scales(layer))  # fmt: skip
@@ -365,6 +365,8 @@ class PromptBinding:
         mask = kwargs.get("attention_mask")
         have = self.routing[0] is not None and ids is not None and self.routing[0].shape[0] == ids.shape[0]
         self.reuse = ids is not None and ids.shape[1] == 1 and have and not module.training
+        if self.history is not None:
+            self.history.append([])
         if self.reuse:
             return
         prompt = None if mask is None or mask.dim() != 2 else mask.bool()
@@ -372,8 +374,6 @@ class PromptBinding:
         if prompt is not None and labels is not None:
             prompt = prompt & (labels == -100)
         self.prompt_mask = prompt
-        if self.history is not None:
-            self.history.append([])
 
     def _route(self, i: int):
         _, router, _ = self.blocks[i]
