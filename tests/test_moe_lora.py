@@ -240,3 +240,41 @@ def test_milora_grows_module_experts_per_task():
     assert router.router.outputs == 2 * m
     assert not router.pooler.score.weight.requires_grad  # the pooler trains on the first task only
     assert [p.weight.requires_grad for p in router.router.parts] == [False, True]
+
+
+# -- cl-suite bench decode ------------------------------------------------------------------------------------------
+def test_bench_decode_variants_compute_what_they_claim():
+    from cl_suite.adapters import bench_decode
+
+    model = bench_decode.load_model("tiny", torch.device("cpu"))
+    torch.manual_seed(0)
+    variants = {v.name: v for v in bench_decode.build_variants(model, std=0.5)}
+    ids = torch.randint(3, 200, (1, 5))
+    logits = {}
+    for name in ("base", "lora-merged", "lora-unmerged", "lora-switch", "lora-switch-merge"):
+        v = variants[name]
+        bench_decode._swap(model, v.modules)
+        v.attach()
+        with torch.no_grad():
+            logits[name] = model.lm(input_ids=ids[:, :1]).logits
+        v.detach()
+        bench_decode._swap(model, variants["base"].modules)
+    torch.testing.assert_close(logits["lora-merged"], logits["lora-unmerged"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits["lora-switch-merge"], logits["lora-switch"], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(logits["base"], logits["lora-unmerged"])
+    assert all(type(t.module) is nn.Linear for t in model.linear_targets())  # every swap undone
+
+
+def test_bench_decode_cli_prints_the_table_and_a_verdict_per_dynamic_method(tmp_path, capsys):
+    from cl_suite import cli
+    from cl_suite.adapters.bench_decode import DYNAMIC
+
+    csv_path = tmp_path / "decode.csv"
+    assert cli.main(["bench", "decode", "--model", "tiny", "--new-tokens", "2", "--prompt-tokens", "3", "--reps", "1",
+                     "--csv", str(csv_path)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    for name in DYNAMIC:
+        assert f"{name}: " in out and ("target met" in out or "NOT met" in out)
+    assert "naive-loop (contrast" in out
+    assert len(csv_path.read_text().strip().splitlines()) == 1 + 11
+    assert cli.main(["bench", "decode", "--model", "tiny", "--new-tokens", "0"]) == 2

@@ -141,12 +141,16 @@ def build_variants(model, std: float = 0.02) -> list[Variant]:
         out.append(Variant(f"mora-{tasks}", "q,k,v,o", mora))
 
     switch = _adapters(qkvo, "external", 8, 8, 16.0, std)
+    binding = SwitchBinding(model, blocks, switch, topk=2)  # one router for both: the same routing, two paths
+    binding.grow(8)
+    binding.gates.eval()
     for merge in (False, True):
-        binding = SwitchBinding(model, blocks, switch, topk=2, merge=merge)
-        binding.grow(8)
-        binding.gates.eval()
-        v = Variant("lora-switch-merge" if merge else "lora-switch", "q,k,v,o", switch, binding.attach,
-                    binding.detach)  # fmt: skip
+
+        def switch_on(merge=merge) -> None:
+            binding.merge = merge
+            binding.attach()
+
+        v = Variant("lora-switch-merge" if merge else "lora-switch", "q,k,v,o", switch, switch_on, binding.detach)
         v.router_params = sum(p.numel() for p in binding.gates.parameters())
         out.append(v)
 
