@@ -278,3 +278,27 @@ def test_bench_decode_cli_prints_the_table_and_a_verdict_per_dynamic_method(tmp_
     assert "naive-loop (contrast" in out
     assert len(csv_path.read_text().strip().splitlines()) == 1 + 11
     assert cli.main(["bench", "decode", "--model", "tiny", "--new-tokens", "0"]) == 2
+
+
+def test_factor_cache_follows_every_change_of_the_bank():
+    torch.manual_seed(0)
+    layer = AdapterLinear(nn.Linear(4, 3), gate="none")
+    layer.add_group(2)
+    layer.add_group(2)
+    x = torch.randn(2, 4)
+
+    def fresh():
+        A, B = torch.cat([g.A for g in layer.groups], 1), torch.cat([g.B for g in layer.groups], 0)
+        return layer.base(x) + x @ A @ B
+
+    with torch.no_grad():
+        layer(x)
+        layer.groups[1].B.add_(1.0)  # in place (an optimizer step)
+        torch.testing.assert_close(layer(x), fresh())
+        layer.groups[0].B.copy_(torch.randn(2, 3))  # a checkpoint load
+        torch.testing.assert_close(layer(x), fresh())
+        layer.add_group(1)
+        layer.groups[-1].B.normal_()
+        torch.testing.assert_close(layer(x), fresh())
+        layer.prune_ranks(0, torch.tensor([True, False]))
+        torch.testing.assert_close(layer(x), fresh())

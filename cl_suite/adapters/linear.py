@@ -181,9 +181,21 @@ class AdapterLinear(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------------
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All groups' ``A`` and ``B`` side by side. Without autograd the concatenation is cached until a group or
+        a factor changes (decoding calls a layer once per token; re-concatenating a 10-group bank each time costs
+        as much as the adapter's own products)."""
         if len(self.groups) == 1:
             return self.groups[0].A, self.groups[0].B
-        return torch.cat([g.A for g in self.groups], 1), torch.cat([g.B for g in self.groups], 0)
+        if torch.is_grad_enabled():
+            return torch.cat([g.A for g in self.groups], 1), torch.cat([g.B for g in self.groups], 0)
+        refs = [t for g in self.groups for t in (g.A, g.B)]  # held by the cache, so no id is reused meanwhile
+        key = tuple((id(t), t._version, t.data_ptr(), t.dtype) for t in refs)
+        cached = self.__dict__.get("_factor_cache")
+        if cached is None or cached[0] != key:
+            A, B = torch.cat([g.A for g in self.groups], 1), torch.cat([g.B for g in self.groups], 0)
+            cached = (key, refs, A, B)
+            self.__dict__["_factor_cache"] = cached
+        return cached[2], cached[3]
 
     def _gate(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor | None:
         scales = torch.cat([g.scale.expand(g.rank) for g in self.groups])
