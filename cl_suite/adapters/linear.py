@@ -181,24 +181,29 @@ class AdapterLinear(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------------
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All groups' ``A`` and ``B`` side by side. Without autograd the concatenation is cached until a group or
-        a factor changes (decoding calls a layer once per token; re-concatenating a 10-group bank each time costs
-        as much as the adapter's own products)."""
+        return self._bank()[:2]
+
+    def _bank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All groups' ``A``, ``B`` side by side and their per-rank scales. Without autograd this is cached until a
+        group, a factor or a scale changes (decoding calls a layer once per token; re-concatenating a 10-group bank
+        each time costs as much as the adapter's own products)."""
+        build = lambda: (torch.cat([g.A for g in self.groups], 1), torch.cat([g.B for g in self.groups], 0),  # noqa: E731
+                         torch.cat([g.scale.expand(g.rank) for g in self.groups]))  # fmt: skip
         if len(self.groups) == 1:
-            return self.groups[0].A, self.groups[0].B
+            g = self.groups[0]
+            return g.A, g.B, g.scale.expand(g.rank)
         if torch.is_grad_enabled():
-            return torch.cat([g.A for g in self.groups], 1), torch.cat([g.B for g in self.groups], 0)
-        refs = [t for g in self.groups for t in (g.A, g.B)]  # held by the cache, so no id is reused meanwhile
-        key = tuple((id(t), t._version, t.data_ptr(), t.dtype) for t in refs)
-        cached = self.__dict__.get("_factor_cache")
+            return build()
+        refs = [t for g in self.groups for t in (g.A, g.B, g.scale)]  # held by the cache: no id is reused meanwhile
+        key = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.shape) for t in refs)
+        cached = self.__dict__.get("_bank_cache")
         if cached is None or cached[0] != key:
-            A, B = torch.cat([g.A for g in self.groups], 1), torch.cat([g.B for g in self.groups], 0)
-            cached = (key, refs, A, B)
-            self.__dict__["_factor_cache"] = cached
-        return cached[2], cached[3]
+            cached = (key, refs, *build())
+            self.__dict__["_bank_cache"] = cached
+        return cached[2], cached[3], cached[4]
 
     def _gate(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor | None:
-        scales = torch.cat([g.scale.expand(g.rank) for g in self.groups])
+        scales = self._bank()[2]
         if self.gate_mode == "none":
             return None if bool((scales == 1).all()) else scales
         if self.gate_mode == "importance":

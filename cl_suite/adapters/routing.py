@@ -29,6 +29,8 @@ from cl_suite.adapters.linear import AdapterLinear
 
 def expand_to_ranks(weights: torch.Tensor, ranks: list[int]) -> torch.Tensor:
     """A gate over groups ``(..., G)`` as a gate over their ranks ``(..., Σ ranks)``."""
+    if len(set(ranks)) == 1:
+        return weights.repeat_interleave(ranks[0], dim=-1)
     return weights.repeat_interleave(torch.tensor(ranks, device=weights.device), dim=-1)
 
 
@@ -231,7 +233,7 @@ def group_source(layer: AdapterLinear, read: Callable[[], torch.Tensor | None]) 
 
 
 def _scales(layer: AdapterLinear) -> torch.Tensor:
-    return torch.cat([g.scale.expand(g.rank) for g in layer.groups])
+    return layer._bank()[2]
 
 
 class SwitchBinding:
