@@ -302,3 +302,18 @@ def test_factor_cache_follows_every_change_of_the_bank():
         torch.testing.assert_close(layer(x), fresh())
         layer.prune_ranks(0, torch.tensor([True, False]))
         torch.testing.assert_close(layer(x), fresh())
+
+
+def test_a_single_row_gate_follows_in_place_updates_of_a_single_group():
+    torch.manual_seed(0)
+    layer = AdapterLinear(nn.Linear(4, 3), gate="external")
+    layer.add_group(4)
+    nn.init.normal_(layer.groups[0].B)
+    layer.gate_source = lambda x: torch.tensor([1.0, 0.0, 2.0, 0.0])
+    x = torch.randn(1, 4)
+    g = layer.groups[0]
+    by_hand = lambda: layer.base(x) + (x @ g.A * torch.tensor([1.0, 0.0, 2.0, 0.0])) @ g.B  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), by_hand())
+        g.A.add_(1.0)  # an optimizer step between two decodes
+        torch.testing.assert_close(layer(x), by_hand())

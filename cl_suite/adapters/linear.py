@@ -248,6 +248,18 @@ class AdapterLinear(nn.Module):
             ranks += g.rank
         return ranks
 
+    def _rows_of_A(self, A: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``A[:, keep]ᵀ`` as contiguous rows: without autograd from a cached ``Aᵀ`` (a row gather, not a strided
+        column gather: at batch-1 decoding the gather otherwise costs more than the adapter's products)."""
+        if torch.is_grad_enabled():
+            return A.t().index_select(0, keep)
+        key = (A._version, A.data_ptr(), A.shape)
+        cached = self.__dict__.get("_At_cache")
+        if cached is None or cached[0] is not A or cached[1] != key:
+            cached = (A, key, A.t().contiguous())
+            self.__dict__["_At_cache"] = cached
+        return cached[2].index_select(0, keep)
+
     @torch.no_grad()
     def delta_weight(self, gate: torch.Tensor) -> torch.Tensor:
         """``Σ_i gate_i · B_i A_i`` as a (d_out, d_in) matrix for one gate row over all ranks (scales included)."""
@@ -282,7 +294,7 @@ class AdapterLinear(nn.Module):
             if keep.numel() == 0:
                 return self.base(x)
             if keep.numel() < gate.shape[-1]:
-                A, B, gate = A[:, keep], B[keep], gate[..., keep]
+                A, B, gate = self._rows_of_A(A, keep).t(), B.index_select(0, keep), gate.index_select(-1, keep)
         return adapter_linear(x, A, B, gate, weight=self.base.weight, bias=self.base.bias, act=self.act,
                               frozen_ranks=self.frozen_prefix(), backend=self.backend)  # fmt: skip
 
