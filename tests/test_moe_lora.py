@@ -146,7 +146,16 @@ def test_smora_activates_exactly_k_ranks_per_token():
         torch.testing.assert_close(gate.sum(-1), torch.full(gate.shape[:-1], 3.0))  # g = k · p / Σ p (official)
 
 
+def test_smora_defaults_are_the_official_ones():
+    # StyxXuan/smora @ 8bdabcd: SRMoLEConfig.activate_r = 8; SRMoLELinear(bias_update_rate=1e-5, rank_partition=1);
+    # README example: r=16, lora_alpha=32, target_modules ["q_proj", "v_proj"]
+    c = SMoRAConfig()
+    assert (c.topk, c.update_rate, c.rank, c.alpha, c.targets) == (8, 1e-5, 16, 32.0, ("q", "v"))
+
+
 def test_smora_router_and_bias_follow_the_official_rule():
+    # SRMoLELinear.forward (StyxXuan/smora @ 8bdabcd): sigmoid(router(x)) + biases, topk(activate_r),
+    # gate = topk / sum * activate_r; in training biases += bias_update_rate * sign(mean(counts) - counts)
     torch.manual_seed(0)
     router = RankRouter(4, topk=2, update_rate=0.1)
     router.grow(4)
