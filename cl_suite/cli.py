@@ -180,6 +180,13 @@ def cmd_bench_generate(args) -> int:
                         examples=args.examples)  # fmt: skip
 
 
+def cmd_bench_decode(args) -> int:
+    from cl_suite.adapters import bench_decode
+
+    return _print_bench(bench_decode, args, model=args.model, new_tokens=args.new_tokens,
+                        prompt_tokens=args.prompt_tokens, batch=args.batch)  # fmt: skip
+
+
 def app_command(root: Path, port: int) -> tuple[list[str], dict[str, str]]:
     """The Streamlit command line and environment of `cl-suite app` (headless, localhost only, one results root)."""
     import importlib.util
@@ -458,6 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--reps", type=int, default=1, help="timed runs per variant; the minimum is reported (default: 1)")
     bg.add_argument("--csv", metavar="PATH", help="also save the table as CSV")
     bg.set_defaults(func=cmd_bench_generate)
+    bd = bench_sub.add_parser("decode", help="greedy decoding per token: base, LoRA, MoRA, lora-switch, smora, milora")
+    bd.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bd.add_argument("--model", default="smollm2-135m",
+                    help="causal LM: smollm2-135m (default), hf:<name or folder>, or tiny (a random 2-layer Llama)")
+    bd.add_argument("--new-tokens", type=int, default=32, help="tokens decoded after the prompt (default: 32)")
+    bd.add_argument("--prompt-tokens", type=int, default=16, help="prompt length, prefilled untimed (default: 16)")
+    bd.add_argument("--batch", type=int, default=1, help="sequences decoded together (default: 1, the target's)")
+    bd.add_argument("--reps", type=int, default=3, help="interleaved rounds; the minimum is reported (default: 3)")
+    bd.add_argument("--csv", metavar="PATH", help="also save the table as CSV")
+    bd.set_defaults(func=cmd_bench_decode)
 
     app = sub.add_parser("app", help="the Streamlit leaderboard on http://127.0.0.1:PORT over one results root")
     app.add_argument("--port", type=int, default=8501, help="local port (default: 8501)")

@@ -10,6 +10,15 @@ a bank of ten adapters costs one op, not ten (the fragmentation LoRA-Switch meas
   top-k, ``w = softmax(top-k(s)/τ)``; at inference ranks with ``s < δ`` are dropped. The router needs ``z`` before
   the op, so this mode costs one extra shrink (``x·A``) ahead of the fused call.
 * ``router`` — a learned router per sample over groups (mixture of experts; mean over the sample's tokens).
+* ``external`` — the gate comes from ``gate_source(x)``, a callable the owning strategy sets (a router that sits
+  outside the layer: LoRA-Switch's per-token pre-gate shared by all layers, SMoRA's per-rank router, MiLoRA's
+  per-prompt module router; :mod:`cl_suite.adapters.routing`). It returns a per-rank gate in any layout the op
+  accepts, or None (ungated); the groups' scales multiply it.
+
+With an input-dependent gate (``topk``, ``router``, ``external``) that has a single row (one token or one sample:
+batch-1 decoding), the ranks whose gate is zero are dropped before the op, so only the chosen experts are computed
+(the same output: a zero-gated rank contributes exactly zero). :meth:`AdapterLinear.switch_merge` folds one such
+gate row into the base weight (LoRA-Switch's per-token merge) until :meth:`AdapterLinear.switch_unmerge`.
 
 Groups can be frozen (still computed; with a static gate the op spends no gradient work on the leading frozen
 groups), merged into the base weight (static gate modes only; the group is then gone at zero inference cost) and
@@ -27,7 +36,8 @@ from torch import nn
 
 from cl_suite.kernels import adapter_linear
 
-GATE_MODES = ("none", "importance", "topk", "router")
+GATE_MODES = ("none", "importance", "topk", "router", "external")
+STATIC_GATES = ("none", "importance")
 
 
 class RankGroup(nn.Module):
@@ -81,6 +91,8 @@ class AdapterLinear(nn.Module):
         self.groups = nn.ModuleList()
         self.routers = nn.ModuleList()  # router mode: one logit per group, grown with the bank
         self.merged_groups = 0
+        self.gate_source = None  # external mode: x -> per-rank gate (set by the strategy; not saved)
+        self._switch_weight: torch.Tensor | None = None  # the base weight while a gate row is merged into it
 
     @property
     def in_features(self) -> int:
@@ -126,7 +138,7 @@ class AdapterLinear(nn.Module):
     @torch.no_grad()
     def merge_groups(self, indices: list[int] | None = None) -> None:
         """Fold groups into the base weight and drop them (static gates only: the output is unchanged up to rounding)."""
-        if self.gate_mode not in ("none", "importance"):
+        if self.gate_mode not in STATIC_GATES:
             raise ValueError(f"groups with gate mode {self.gate_mode!r} depend on the input and cannot be merged")
         indices = sorted(range(len(self.groups)) if indices is None else indices)
         for i in indices:
@@ -169,18 +181,38 @@ class AdapterLinear(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------------
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._bank()[:2]
+
+    def _bank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All groups' ``A``, ``B`` side by side and their per-rank scales. Without autograd this is cached until a
+        group, a factor or a scale changes (decoding calls a layer once per token; re-concatenating a 10-group bank
+        each time costs as much as the adapter's own products)."""
+        build = lambda: (torch.cat([g.A for g in self.groups], 1), torch.cat([g.B for g in self.groups], 0),  # noqa: E731
+                         torch.cat([g.scale.expand(g.rank) for g in self.groups]))  # fmt: skip
         if len(self.groups) == 1:
-            return self.groups[0].A, self.groups[0].B
-        return torch.cat([g.A for g in self.groups], 1), torch.cat([g.B for g in self.groups], 0)
+            g = self.groups[0]
+            return g.A, g.B, g.scale.expand(g.rank)
+        if torch.is_grad_enabled():
+            return build()
+        refs = [t for g in self.groups for t in (g.A, g.B, g.scale)]  # held by the cache: no id is reused meanwhile
+        key = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.shape) for t in refs)
+        cached = self.__dict__.get("_bank_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, refs, *build())
+            self.__dict__["_bank_cache"] = cached
+        return cached[2], cached[3], cached[4]
 
     def _gate(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor | None:
-        scales = torch.cat([g.scale.expand(g.rank) for g in self.groups])
+        scales = self._bank()[2]
         if self.gate_mode == "none":
             return None if bool((scales == 1).all()) else scales
         if self.gate_mode == "importance":
             return torch.cat([g.static_gate() for g in self.groups])
         if self.gate_mode == "topk":
             return self._topk_gate(x, A) * scales
+        if self.gate_mode == "external":
+            gate = self.gate_source(x) if self.gate_source is not None else None
+            return scales if gate is None else gate * scales.to(gate.dtype)
         # router: per sample (a 3-D input's tokens share their sample's mean), softmax over groups
         pooled = x.mean(dim=1) if x.dim() == 3 else x.reshape(-1, x.shape[-1])
         weights = torch.softmax(torch.cat([r(pooled) for r in self.routers], -1), -1)
@@ -207,7 +239,7 @@ class AdapterLinear(nn.Module):
     def frozen_prefix(self) -> int:
         """Ranks of the leading groups that need no gradient, handed to the op so it spends no gradient work on
         them. Zero for input-dependent gates (top-k, router): there every rank's gate depends on trainable ranks."""
-        if self.gate_mode not in ("none", "importance"):
+        if self.gate_mode not in STATIC_GATES:
             return 0
         ranks = 0
         for g in self.groups:
@@ -216,11 +248,53 @@ class AdapterLinear(nn.Module):
             ranks += g.rank
         return ranks
 
+    def _rows_of_A(self, A: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``A[:, keep]ᵀ`` as contiguous rows: without autograd from a cached ``Aᵀ`` (a row gather, not a strided
+        column gather: at batch-1 decoding the gather otherwise costs more than the adapter's products)."""
+        if torch.is_grad_enabled():
+            return A.t().index_select(0, keep)
+        key = (A._version, A.data_ptr(), A.shape)
+        cached = self.__dict__.get("_At_cache")
+        if cached is None or cached[0] is not A or cached[1] != key:
+            cached = (A, key, A.t().contiguous())
+            self.__dict__["_At_cache"] = cached
+        return cached[2].index_select(0, keep)
+
+    @torch.no_grad()
+    def delta_weight(self, gate: torch.Tensor) -> torch.Tensor:
+        """``Σ_i gate_i · B_i A_i`` as a (d_out, d_in) matrix for one gate row over all ranks (scales included)."""
+        A, B = self._factors()
+        keep = gate.reshape(-1).nonzero().squeeze(-1)
+        return ((A[:, keep] * gate.reshape(-1)[keep].to(A.dtype)) @ B[keep]).t()
+
+    @torch.no_grad()
+    def switch_merge(self, gate: torch.Tensor) -> None:
+        """LoRA-Switch's switch: ``W ← W0 + ΔW(gate)`` for one gate row (the base weight is kept and restored by
+        :meth:`switch_unmerge`, so repeated switches do not drift); until then the forward is the bare linear."""
+        if self._switch_weight is None:
+            self._switch_weight = self.base.weight.detach().clone()
+        A, B = self._factors()
+        keep = gate.reshape(-1).nonzero().squeeze(-1)
+        scaled = (A[:, keep] * gate.reshape(-1)[keep].to(A.dtype)).t()  # (k, d_in)
+        torch.addmm(self._switch_weight, B[keep].t(), scaled, out=self.base.weight.data)
+
+    @torch.no_grad()
+    def switch_unmerge(self) -> None:
+        if self._switch_weight is not None:
+            self.base.weight.data.copy_(self._switch_weight)
+            self._switch_weight = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.groups:
+        if not self.groups or self._switch_weight is not None:
             return self.base(x)
         A, B = self._factors()
         gate = self._gate(x, A)
+        if gate is not None and self.gate_mode not in STATIC_GATES and gate.numel() == gate.shape[-1]:
+            keep = gate.reshape(-1).nonzero().squeeze(-1)  # one row: compute only the chosen ranks
+            if keep.numel() == 0:
+                return self.base(x)
+            if keep.numel() < gate.shape[-1]:
+                A, B, gate = self._rows_of_A(A, keep).t(), B.index_select(0, keep), gate.index_select(-1, keep)
         return adapter_linear(x, A, B, gate, weight=self.base.weight, bias=self.base.bias, act=self.act,
                               frozen_ranks=self.frozen_prefix(), backend=self.backend)  # fmt: skip
 
