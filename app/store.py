@@ -1,4 +1,5 @@
-"""Cached access to the one results root the app was started with.
+"""Cached access to the two results roots the app shows: the published runs (``results/published`` of this checkout,
+or ``cl-suite app --published DIR``) and the user's own runs (``--results DIR``), never mixed in one table.
 
 The cache key is the root's modification state (name, mtime and size of every run record, eval log, train log and
 reference file), so a new or finished run shows up on the next rerun, and an unchanged root is read once.
@@ -33,9 +34,27 @@ class Loaded(NamedTuple):
         return results.RunTables(self.runs, self.evals)
 
 
+PUBLISHED, YOURS = "Published runs", "Your runs"
+SOURCES = (PUBLISHED, YOURS)
+REPO_PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published"
+
+
 def results_root() -> Path:
-    """The root the app was started with: ``cl-suite app --results DIR`` passes it as CL_SUITE_RESULTS."""
+    """The user's root: ``cl-suite app --results DIR`` passes it as CL_SUITE_RESULTS."""
     return Path(os.environ.get("CL_SUITE_RESULTS") or "results").resolve()
+
+
+def published_root() -> Path:
+    """The published runs: ``cl-suite app --published DIR`` passes it as CL_SUITE_PUBLISHED."""
+    return Path(os.environ.get("CL_SUITE_PUBLISHED") or REPO_PUBLISHED).resolve()
+
+
+def root_of(source: str) -> Path:
+    return published_root() if source == PUBLISHED else results_root()
+
+
+def has_runs(root: Path) -> bool:
+    return any((root / "runs").glob(f"*/{results.RUN_FILE}"))
 
 
 def root_state(root: Path) -> tuple[tuple[str, int, int], ...]:
@@ -64,8 +83,9 @@ def _load(root: str, state: tuple) -> Loaded:
     return Loaded(tables.runs, tables.evals, reference, [str(w.message) for w in caught])
 
 
-def load() -> Loaded:
-    root = results_root()
+def load(source: str = YOURS) -> Loaded:
+    """The tables of one source (PUBLISHED or YOURS)."""
+    root = root_of(source)
     return _load(str(root), root_state(root))
 
 

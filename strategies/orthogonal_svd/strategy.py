@@ -32,12 +32,14 @@ task) or ``fixed`` (mini_trainer/PEFT: half the smaller side). Differences from 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from cl_suite.adapters.inject import select_targets
 from cl_suite.api import Context, Strategy, Task, TaskModel, to_device
+from cl_suite.models.classifier import head_loss
 from strategies.orthogonal_svd.ranks import (
     RULES,
     adaptive_ranks,
@@ -62,6 +64,7 @@ class OrthogonalSVDConfig:
     fixed_ratio: float = 0.5  # fixed: k = floor(min(shape) * ratio)
     reproject: bool = True  # re-project U_low/V_low after every optimizer step (mini_trainer PR #16)
     train_others: str = "all"  # all (official: full fine-tuning) | head | none (PEFT: only the low factors)
+    head_loss: Literal["auto", "task", "model"] = "auto"  # classifier heads: CE over the current task's classes (auto)
 
 
 class OrthogonalSVD(Strategy):
@@ -76,6 +79,11 @@ class OrthogonalSVD(Strategy):
         self.wrapped: dict[str, tuple[nn.Module, str, nn.Linear, OrthogonalSVDLinear]] = {}
         self.ranks: dict[str, int] = {}
         self.importance: dict[str, float] = {}
+
+    def training_step(self, batch, task: Task) -> torch.Tensor:
+        """With a classifier head, CE over the current task's classes (``head_loss``; the official code has a frozen
+        CLIP text classifier or an LM head instead, which a new task cannot bias); else the scenario's loss."""
+        return head_loss(self.model, batch, task, self.config.head_loss)
 
     def setup(self, model: TaskModel, ctx: Context) -> None:
         c = self.config
