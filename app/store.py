@@ -75,18 +75,22 @@ def root_state(root: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 @st.cache_data(show_spinner="Reading the results store…", max_entries=4)
-def _load(root: str, state: tuple) -> Loaded:
+def _load(root: str, state: tuple, own_only: bool = False) -> Loaded:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tables = results.load_runs(root)
         reference = results.load_reference(root)
-    return Loaded(tables.runs, tables.evals, reference, [str(w.message) for w in caught])
+    runs, evals = tables.runs, tables.evals
+    if own_only:  # a published/ folder under the user's root is shown as the published runs, not mixed in here
+        runs = runs[~runs["published"].fillna(False).astype(bool)]
+        evals = evals[evals["run_id"].isin(set(runs["run_id"]))]
+    return Loaded(runs, evals, reference, [str(w.message) for w in caught])
 
 
 def load(source: str = YOURS) -> Loaded:
     """The tables of one source (PUBLISHED or YOURS)."""
     root = root_of(source)
-    return _load(str(root), root_state(root))
+    return _load(str(root), root_state(root), own_only=source == YOURS)
 
 
 @st.cache_data(max_entries=32)

@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--scenarios", help="only these tier scenarios (comma-separated; default: the whole tier)")
     pub.add_argument("--strategies", help="only these strategies (default: every registered one)")
     pub.add_argument("--jobs", type=int, help="cells at a time (default: one per CPU)")
+    pub.add_argument("--results", help="where the published runs go (default: ./results/published)")
     pub.set_defaults(func=cmd_published)
 
     new = sub.add_parser("new-strategy", help="write a strategy plugin skeleton")

@@ -227,6 +227,16 @@ def test_leaderboard_opens_on_published_runs_and_shows_yours_apart(normal_root, 
     assert "No runs under this results root yet" in at.info[0].value
 
 
+def test_published_folder_under_your_root_is_not_mixed_into_your_runs(normal_root, tmp_path, monkeypatch):
+    """results/published lives under the default user root results/: its runs show only as the published ones."""
+    root = tmp_path / "results"
+    shutil.copytree(normal_root, root / "published")
+    at = app("leaderboard", root, monkeypatch, published=root / "published")
+    assert at.sidebar.radio(key="runs_source").value == "Published runs" and at.subheader
+    at.sidebar.radio(key="runs_source").set_value("Your runs").run()
+    assert not at.subheader and "No runs under this results root yet" in at.info[0].value
+
+
 def test_run_page(normal_root, monkeypatch):
     at = app("run", normal_root, monkeypatch)
     tables = results.load_runs(normal_root)
