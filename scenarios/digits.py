@@ -134,4 +134,5 @@ def digits_classifier(c, task_classes, num_classes: int = 10) -> ClassifierModel
     if c.backbone == "scratch":
         return tiny_vit_classifier(c, task_classes)
     tower = TinyClipVision(weights_of(c.backbone))
-    return ClassifierModel(tower, tower.dim, task_classes, num_classes=num_classes, backbone_name=backbone_id(c.backbone))
+    return ClassifierModel(tower, tower.dim, task_classes, num_classes=num_classes, backbone_name=backbone_id(c.backbone),
+                           pretrained=True)  # fmt: skip

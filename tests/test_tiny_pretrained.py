@@ -163,3 +163,21 @@ def test_gate_well_above_chance_and_forgets_less_than_finetune(gate_runs, strate
     assert last >= 3 * CHANCE, f"{strategy}: mean Last {last:.1f} over {SEEDS}"
     assert forgetting < _mean(gate_runs["finetune"], "forgetting"), f"{strategy}: mean forgetting {forgetting:.1f}"
     assert last > _mean(gate_runs["finetune"], "last")
+
+
+def test_prototype_trains_its_base_only_on_a_backbone_from_scratch():
+    """SimpleCIL on a pretrained backbone (nothing trains), the decoupled FSCIL baseline on one from scratch."""
+    from cl_suite.models.tiny_vit import TinyViT
+    from strategies.prototype import Prototype
+
+    task = Task(index=0, name="t0", train=None, test=None, classes=(0, 1))
+    for pretrained, expected in ((True, False), (False, True)):
+        model = ClassifierModel(TinyViT(8, 2, dim=16, depth=1, heads=2), 16, [(0, 1)], 2, "tiny", pretrained=pretrained)
+        strategy = Prototype()
+        strategy.setup(model, None)
+        strategy.before_task(task)
+        assert strategy.trains is expected
+    forced = Prototype(Prototype.Config(train_base=True))
+    forced.setup(ClassifierModel(TinyViT(8, 2, dim=16, depth=1, heads=2), 16, [(0, 1)], 2, "tiny", pretrained=True), None)
+    forced.before_task(task)
+    assert forced.trains is True

@@ -18,8 +18,10 @@ from cl_suite.api import Batch, BlockView, Context, LinearTarget, Task, TaskMode
 
 class ClassifierModel(TaskModel):
     def __init__(self, backbone: nn.Module, feature_dim: int, task_classes: Sequence[Sequence[int]],
-                 num_classes: int, backbone_name: str, label_smoothing: float = 0.0) -> None:  # fmt: skip
+                 num_classes: int, backbone_name: str, label_smoothing: float = 0.0,
+                 pretrained: bool = False) -> None:  # fmt: skip
         super().__init__()
+        self.pretrained = pretrained  # the backbone arrives pretrained (strategies pick their regime's defaults)
         self.backbone = backbone
         self.head = nn.Linear(feature_dim, num_classes)
         self.backbone_name = backbone_name
