@@ -181,3 +181,9 @@ def test_prototype_trains_its_base_only_on_a_backbone_from_scratch():
     forced.setup(ClassifierModel(TinyViT(8, 2, dim=16, depth=1, heads=2), 16, [(0, 1)], 2, "tiny", pretrained=True), None)
     forced.before_task(task)
     assert forced.trains is True
+
+
+def test_published_rejects_a_scenario_outside_the_tier(tmp_path, capsys):
+    assert main(["published", "--scenarios", "mtil", "--results", str(tmp_path)]) == 2
+    assert "not in the published tier: mtil" in capsys.readouterr().err
+    assert not (tmp_path / published.MANIFEST).exists()
