@@ -87,10 +87,10 @@ def test_our_runner_matches_avalanche_own_loop(results_root):
 
     epochs, lr = 3, 0.5
     store = _run(results_root, "finetune", train__optimizer="sgd", train__momentum=0, train__lr=lr,
-                 train__epochs=epochs, train__batch_size=64)  # fmt: skip
+                 train__epochs=epochs, train__batch_size=64, scenario__backbone="scratch")  # fmt: skip
     ours = torch.load(store.latest_checkpoint()[1], weights_only=True)["strategy"]
 
-    scenario = DigitsTiny(tiny=True)
+    scenario = DigitsTiny(DigitsTiny.Config(backbone="scratch"), tiny=True)
     tasks = scenario.tasks()
     runner.seed_everything(0)  # the runner seeds before building the model: same initial weights
     model = scenario.build_model(None)
