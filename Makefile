@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 RESULTS ?= results
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-slow lint install clean chromium
+.PHONY: demo test test-slow lint install clean chromium published readme-tables
 
 install: $(STAMP)
 
@@ -22,6 +22,17 @@ demo: $(STAMP)
 	$(VENV)/bin/cl-suite run --scenario digits-tiny --strategy finetune --seed 0 --results $(RESULTS)
 	$(VENV)/bin/cl-suite run --scenario digits-tiny --strategy joint --seed 0 --results $(RESULTS)
 	$(VENV)/bin/cl-suite leaderboard --results $(RESULTS)
+
+# The published tier (README "Published results"): every registered strategy x every tiny scenario x 3 seeds, one
+# `cl-suite sweep` per scenario into results/published. Finished cells are skipped, so after new strategies are
+# registered this only runs theirs. JOBS=N sets the cells run at a time (default: one per CPU).
+published: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/cl-suite published --results results/published $(if $(JOBS),--jobs $(JOBS))
+	$(MAKE) --no-print-directory readme-tables
+
+# The README's result tables, printed from the published records (paste them between the README's markers).
+readme-tables: $(STAMP)
+	@$(VENV)/bin/cl-suite leaderboard --results results/published --format markdown --per-scenario
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

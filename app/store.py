@@ -1,4 +1,5 @@
-"""Cached access to the one results root the app was started with.
+"""Cached access to the two results roots the app shows: the published runs (``results/published`` of this checkout,
+or ``cl-suite app --published DIR``) and the user's own runs (``--results DIR``), never mixed in one table.
 
 The cache key is the root's modification state (name, mtime and size of every run record, eval log, train log and
 reference file), so a new or finished run shows up on the next rerun, and an unchanged root is read once.
@@ -33,9 +34,27 @@ class Loaded(NamedTuple):
         return results.RunTables(self.runs, self.evals)
 
 
+PUBLISHED, YOURS = "Published runs", "Your runs"
+SOURCES = (PUBLISHED, YOURS)
+REPO_PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published"
+
+
 def results_root() -> Path:
-    """The root the app was started with: ``cl-suite app --results DIR`` passes it as CL_SUITE_RESULTS."""
+    """The user's root: ``cl-suite app --results DIR`` passes it as CL_SUITE_RESULTS."""
     return Path(os.environ.get("CL_SUITE_RESULTS") or "results").resolve()
+
+
+def published_root() -> Path:
+    """The published runs: ``cl-suite app --published DIR`` passes it as CL_SUITE_PUBLISHED."""
+    return Path(os.environ.get("CL_SUITE_PUBLISHED") or REPO_PUBLISHED).resolve()
+
+
+def root_of(source: str) -> Path:
+    return published_root() if source == PUBLISHED else results_root()
+
+
+def has_runs(root: Path) -> bool:
+    return any((root / "runs").glob(f"*/{results.RUN_FILE}"))
 
 
 def root_state(root: Path) -> tuple[tuple[str, int, int], ...]:
@@ -56,17 +75,22 @@ def root_state(root: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 @st.cache_data(show_spinner="Reading the results store…", max_entries=4)
-def _load(root: str, state: tuple) -> Loaded:
+def _load(root: str, state: tuple, own_only: bool = False) -> Loaded:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tables = results.load_runs(root)
         reference = results.load_reference(root)
-    return Loaded(tables.runs, tables.evals, reference, [str(w.message) for w in caught])
+    runs, evals = tables.runs, tables.evals
+    if own_only:  # a published/ folder under the user's root is shown as the published runs, not mixed in here
+        runs = runs[~runs["published"].fillna(False).astype(bool)]
+        evals = evals[evals["run_id"].isin(set(runs["run_id"]))]
+    return Loaded(runs, evals, reference, [str(w.message) for w in caught])
 
 
-def load() -> Loaded:
-    root = results_root()
-    return _load(str(root), root_state(root))
+def load(source: str = YOURS) -> Loaded:
+    """The tables of one source (PUBLISHED or YOURS)."""
+    root = root_of(source)
+    return _load(str(root), root_state(root), own_only=source == YOURS)
 
 
 @st.cache_data(max_entries=32)

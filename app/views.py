@@ -8,7 +8,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.store import Loaded, results_root
+from app import store
+from app.store import Loaded
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
 
@@ -18,14 +19,25 @@ def esc(text: object) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 
-def notices(data: Loaded) -> bool:
+def source() -> str:
+    """Which runs the page shows, picked in the sidebar (one key, so every page shares it): the published runs
+    first when there are any, the user's own runs apart from them."""
+    default = 0 if store.has_runs(store.published_root()) else 1
+    return st.sidebar.radio("Runs", store.SOURCES, index=default, key="runs_source",
+                            help="Published: the tiny tier made by `make published`. Yours: your --results root.")
+
+
+def notices(data: Loaded, source: str = store.YOURS) -> bool:
     """Say which root is shown and what could not be read; False (after a friendly message) when there is no run."""
-    root = results_root()
-    st.caption(f"Results root: {esc(root)}")
+    root = store.root_of(source)
+    st.caption(f"{esc(source)} · results root: {esc(root)}")
     if data.problems:
         st.warning(f"{len(data.problems)} file(s) under the results root could not be read and were skipped.")
         with st.expander("Skipped files"):
             st.text("\n".join(data.problems))
+    if data.runs.empty and source == store.PUBLISHED:
+        st.info("No published runs yet: `make published` makes them (see the README).")
+        return False
     if data.runs.empty:
         st.info("No runs under this results root yet. Start one with "
                 f"`cl-suite run --scenario digits-tiny --strategy finetune --results {root}` "

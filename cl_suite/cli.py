@@ -129,8 +129,21 @@ def cmd_leaderboard(args) -> int:
 
     tables = results.load_runs(_readable_root(args))
     board = leaderboard.leaderboard(tables, scenario=args.scenario)
-    print(leaderboard.render(board, args.format))
+    if not args.per_scenario:
+        print(leaderboard.render(board, args.format))
+        return 0
+    for name, rows in board.groupby("scenario", sort=True):
+        print(f"#### {name}\n\n{leaderboard.render(rows.dropna(axis=1, how='all'), args.format)}\n")
     return 0
+
+
+def cmd_published(args) -> int:
+    from cl_suite import published, sweep
+
+    root = Path(args.results or "results/published")
+    scenarios = sweep.parse_names(args.scenarios, "scenarios") if args.scenarios else None
+    strategies = sweep.parse_names(args.strategies, "strategies") if args.strategies else None
+    return published.run_published(root, scenarios=scenarios, strategies=strategies, jobs=args.jobs)
 
 
 def cmd_sweep(args) -> int:
@@ -187,8 +200,9 @@ def cmd_bench_decode(args) -> int:
                         prompt_tokens=args.prompt_tokens, batch=args.batch)  # fmt: skip
 
 
-def app_command(root: Path, port: int) -> tuple[list[str], dict[str, str]]:
-    """The Streamlit command line and environment of `cl-suite app` (headless, localhost only, one results root)."""
+def app_command(root: Path, port: int, published: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """The Streamlit command line and environment of `cl-suite app` (headless, localhost only): the user's results
+    root, and the published runs (default: this checkout's results/published) shown first and apart."""
     import importlib.util
 
     entry = Path(__file__).resolve().parent.parent / "app" / "main.py"
@@ -201,7 +215,9 @@ def app_command(root: Path, port: int) -> tuple[list[str], dict[str, str]]:
     command = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"]  # fmt: skip
     pythonpath = os.pathsep.join(filter(None, [str(entry.parent.parent), os.environ.get("PYTHONPATH")]))
-    return command, {**os.environ, "CL_SUITE_RESULTS": str(root.resolve()), "PYTHONPATH": pythonpath}
+    published = published or entry.parent.parent / "results" / "published"
+    return command, {**os.environ, "CL_SUITE_RESULTS": str(root.resolve()), "CL_SUITE_PUBLISHED": str(published.resolve()),
+                     "PYTHONPATH": pythonpath}  # fmt: skip
 
 
 def cmd_app(args) -> int:
@@ -213,8 +229,9 @@ def cmd_app(args) -> int:
     from cl_suite.locks import die_with_parent
 
     root = _readable_root(args)
-    command, env = app_command(root, args.port)
-    print(f"cl-suite app: results root {root.resolve()}; open http://127.0.0.1:{args.port} (Ctrl+C stops it)")
+    command, env = app_command(root, args.port, Path(args.published) if args.published else None)
+    print(f"cl-suite app: published runs {env['CL_SUITE_PUBLISHED']}, your runs {root.resolve()}; "
+          f"open http://127.0.0.1:{args.port} (Ctrl+C stops it)")  # fmt: skip
     parent = os.getpid()
     server = subprocess.Popen(command, env=env, preexec_fn=lambda: die_with_parent(parent, signal.SIGTERM))
 
@@ -392,7 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="mean ± std over seeds per scenario × strategy × backbone")
     board.add_argument("--scenario")
     board.add_argument("--format", choices=["text", "markdown", "csv", "latex"], default="text")
+    board.add_argument("--per-scenario", action="store_true",
+                       help="one table per scenario under a heading (`make readme-tables` prints the README's)")
     board.set_defaults(func=cmd_leaderboard)
+
+    pub = sub.add_parser("published", help="run the published tier (every strategy x every tiny scenario) into "
+                                           "results/published; finished cells are skipped")
+    pub.add_argument("--scenarios", help="only these tier scenarios (comma-separated; default: the whole tier)")
+    pub.add_argument("--strategies", help="only these strategies (default: every registered one)")
+    pub.add_argument("--jobs", type=int, help="cells at a time (default: one per CPU)")
+    pub.add_argument("--results", help="where the published runs go (default: ./results/published)")
+    pub.set_defaults(func=cmd_published)
 
     new = sub.add_parser("new-strategy", help="write a strategy plugin skeleton")
     new.add_argument("name", help="plugin name, lower-case with dashes (e.g. my-method)")
@@ -478,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     app = sub.add_parser("app", help="the Streamlit leaderboard on http://127.0.0.1:PORT over one results root")
     app.add_argument("--port", type=int, default=8501, help="local port (default: 8501)")
-    app.add_argument("--results", help=f"results root (default: $CL_SUITE_RESULTS or ./{DEFAULT_RESULTS})")
+    app.add_argument("--results", help=f"your results root (default: $CL_SUITE_RESULTS or ./{DEFAULT_RESULTS})")
+    app.add_argument("--published", help="the published runs shown first (default: results/published of this checkout)")
     app.set_defaults(func=cmd_app)
 
     pre = sub.add_parser("pretrain", help="pretrain a project model (tiny-clip: the clip-tiny backbone, minutes on a CPU)")

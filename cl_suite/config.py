@@ -71,7 +71,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     log_every: int = 10
-    keep_checkpoints: Literal["last", "all"] = "last"
+    keep_checkpoints: Literal["last", "all", "none"] = "last"  # none: deleted when the run succeeds (kept until
+    # then so --resume works), e.g. for published records
 
     def epochs_for(self, task_index: int) -> int:
         """Epochs of task ``task_index``: its ``task_epochs`` entry when the list is set, else ``epochs``."""

@@ -188,6 +188,11 @@ class RunStore:
                     old.unlink()
         return target
 
+    def drop_checkpoints(self) -> None:
+        """Delete every checkpoint (a finished run whose record is all that is kept)."""
+        for old in (self.path / "checkpoints").glob("task-*.pt"):
+            old.unlink()
+
     def latest_checkpoint(self) -> tuple[int, Path] | None:
         found = self.checkpoints()
         return found[0] if found else None

@@ -210,6 +210,8 @@ def _execute(store: RunStore, cfg, scenario_cls, strategy_cls, *, resume: bool, 
             store.update(tasks_done=task.index + 1, strategy_stats=stats_log,
                          cost=_cost(strategy, device, wall, trainable_max))  # fmt: skip
         _finish(store, scenario, strategy, device, wall_before + time.perf_counter() - t0, trainable_max)
+        if cfg.train.keep_checkpoints == "none":
+            store.drop_checkpoints()
     except KeyboardInterrupt:
         _mark_failed(store, "interrupted; continue with --resume")
         raise

@@ -7,7 +7,10 @@ subclass :class:`AvalancheScenario`, return the benchmark from ``benchmark()`` a
 
 ``avalanche-digits`` is the small example: scikit-learn's bundled digits built into an Avalanche
 ``nc_benchmark`` from tensors (Avalanche's own loaders download at run time; see environment.md §4), with the
-same split, class order and tiny ViT as ``digits-tiny``, so the two scenarios give comparable numbers.
+same split, class order and backbones as ``digits-tiny``, so the two scenarios give comparable numbers under the same
+``backbone=``. Its default is ``scratch`` (the tiny ViT from scratch), ``digits-tiny``'s is ``tiny-clip``: the
+published tier then has one board per regime on the same data, and this one is the regime the Avalanche baselines
+(EWC, SI, LwF, replay, GEM, ...) were designed for.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from cl_suite.api import Context, Scenario, Task, TaskModel
 from cl_suite.avalanche_bridge import from_avalanche, require_avalanche
 from cl_suite.data import stratified_split
 from cl_suite.models.classifier import evaluate_accuracy
-from scenarios.digits import digit_tensors, tiny_vit_classifier, tiny_vit_name
+from cl_suite.models.tiny_clip_vision import is_tiny_clip, to_clip_input
+from scenarios.digits import check_backbone, digit_tensors, digits_backbone_name, digits_classifier
 
 __all__ = ["AvalancheDigits", "AvalancheScenario", "from_avalanche"]
 
@@ -67,14 +71,15 @@ class AvalancheDigitsConfig:
     n_experiences: int = 5
     test_fraction: float = 0.25
     split_seed: int = 0
-    dim: int = 32
+    backbone: str = "scratch"  # scratch (tiny ViT from scratch) | tiny-clip[@weights.pt] (pretrained tiny CLIP tower)
+    dim: int = 32  # dim, depth, heads, patch: the scratch ViT only
     depth: int = 2
     heads: int = 2
     patch: int = 2
 
 
 class AvalancheDigits(AvalancheScenario):
-    """sklearn digits as an Avalanche nc_benchmark (5 experiences x 2 classes), tiny ViT from scratch."""
+    """sklearn digits as an Avalanche nc_benchmark (5 experiences x 2 classes); backbones as digits-tiny."""
 
     setting = "cil"
     provides = frozenset({"features", "logits", "linear_targets", "blocks"})
@@ -83,6 +88,7 @@ class AvalancheDigits(AvalancheScenario):
 
     def __init__(self, config: AvalancheDigitsConfig | None = None, *, tiny: bool = False) -> None:
         super().__init__(config, tiny=tiny)
+        check_backbone(self.config.backbone)
         order, n = self.config.class_order, self.config.n_experiences
         if sorted(order) != list(range(10)):
             raise ValueError(f"class_order must be a permutation of 0..9, got {list(order)}")
@@ -91,11 +97,13 @@ class AvalancheDigits(AvalancheScenario):
 
     @property
     def backbone(self) -> str:
-        return tiny_vit_name(self.config)
+        return digits_backbone_name(self.config)
 
     def benchmark(self) -> Any:
         benchmarks = require_avalanche("avalanche.benchmarks")
         x, y, labels = digit_tensors()
+        if is_tiny_clip(self.config.backbone):
+            x = to_clip_input(x)
         train_idx, test_idx = stratified_split(labels, self.config.test_fraction, self.config.split_seed)
         train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
         return benchmarks.nc_benchmark(
@@ -105,4 +113,4 @@ class AvalancheDigits(AvalancheScenario):
         )  # fmt: skip
 
     def build_model(self, ctx: Context) -> TaskModel:
-        return tiny_vit_classifier(self.config, [t.classes for t in self.tasks()])
+        return digits_classifier(self.config, [t.classes for t in self.tasks()])

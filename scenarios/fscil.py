@@ -9,7 +9,9 @@ accuracy and their harmonic mean come from the same matrix.
 Scenarios: ``fscil-tiny`` (generated shape/colour images, seconds on a CPU), ``fscil-cifar100`` (60 + 8 x 5-way
 5-shot), ``fscil-mini-imagenet`` (60 + 8 x 5w5s), ``fscil-cub200`` (100 + 10 x 10w5s). The model is a small ViT
 trained from scratch on the base session (the "from-scratch" regime; the leaderboard keeps backbones apart).
-Published numbers mostly use ResNet-12/18/20, which this suite does not ship yet.
+Published numbers mostly use ResNet-12/18/20, which this suite does not ship yet. ``fscil-tiny`` also takes the
+pretrained tiny CLIP image tower (``backbone=tiny-clip``, its default; ``backbone=scratch`` for the small ViT), the
+regime of pretrained-ViT FSCIL methods and of the adapter strategies.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from cl_suite.api import Context, MissingData, Scenario, Task, TaskModel
 from cl_suite.config import ConfigError
 from cl_suite.data import class_subset
 from cl_suite.models.classifier import ClassifierModel, evaluate_accuracy
+from cl_suite.models.tiny_clip_vision import is_tiny_clip, to_clip_input
 from cl_suite.models.tiny_vit import TinyViT
 from scenarios import fscil_data
+from scenarios.digits import check_backbone, digits_backbone_name, digits_classifier
 from scenarios.fscil_index import PROTOCOLS, Protocol, check_session, index_dir, read_session, session_file
 
 TINY_TASKS, TINY_EXAMPLES = 2, 64  # --tiny: the base session and one few-shot session, 64 examples per split
@@ -69,6 +74,7 @@ class TinyConfig(FSCILConfig):
     per_class_test: int = 20
     data_seed: int = 0
     augment: bool = False
+    backbone: str = "tiny-clip"  # tiny-clip[@weights.pt] (pretrained tiny CLIP image tower) | scratch (small ViT)
     image_size: int = 16
     dim: int = 32
     depth: int = 2
@@ -91,13 +97,20 @@ class FSCILScenario(Scenario):
         c = self.config
         if c.image_size % c.patch:
             raise ConfigError(f"scenario.image_size {c.image_size} must be divisible by scenario.patch {c.patch}")
+        if hasattr(c, "backbone"):
+            check_backbone(c.backbone)
         self.session_classes = self.protocol.session_classes()
         if tiny:
             self.session_classes = self.session_classes[:TINY_TASKS]
 
+    def _pretrained(self) -> bool:
+        return is_tiny_clip(getattr(self.config, "backbone", "scratch"))
+
     @property
     def backbone(self) -> str:
         c = self.config
+        if self._pretrained():
+            return digits_backbone_name(c)
         return f"vit-scratch(d={c.dim},depth={c.depth},patch={c.patch},img={c.image_size})"
 
     def source(self) -> fscil_data.ImageSource:
@@ -145,10 +158,13 @@ class FSCILScenario(Scenario):
             if limit is not None:
                 train = class_subset(src.train_labels, train, classes, limit, seed=s)
                 test = class_subset(src.test_labels, test, classes, limit, seed=s)
+            train_set, test_set = src.subset("train", train, self.config.augment and s == 0), src.subset("test", test, False)
+            if self._pretrained():
+                train_set, test_set = ClipInput(train_set), ClipInput(test_set)
             names = [src.class_names[c] if c < len(src.class_names) else str(c) for c in classes]
             tasks.append(Task(
                 index=s, name="base" if s == 0 else f"session{s}",
-                train=src.subset("train", train, self.config.augment and s == 0), test=src.subset("test", test, False),
+                train=train_set, test=test_set,
                 classes=tuple(classes), meta={"session": s, "ways": len(classes), "class_names": names,
                                               "shots": None if s == 0 else self.protocol.shots},
             ))  # fmt: skip
@@ -156,6 +172,8 @@ class FSCILScenario(Scenario):
 
     def build_model(self, ctx: Context) -> TaskModel:
         c = self.config
+        if self._pretrained():
+            return digits_classifier(c, self.session_classes, num_classes=self.protocol.num_classes)
         backbone = TinyViT(image_size=c.image_size, patch=c.patch, channels=3, dim=c.dim, depth=c.depth, heads=c.heads)
         return ClassifierModel(backbone, c.dim, self.session_classes, num_classes=self.protocol.num_classes,
                                backbone_name=self.backbone)  # fmt: skip
@@ -164,8 +182,23 @@ class FSCILScenario(Scenario):
         return evaluate_accuracy(predict, task, ctx)
 
 
+class ClipInput(Dataset):
+    """Items of an image dataset (``x`` in [0, 1], (3, H, W)) resized and normalised for the tiny CLIP tower."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        item["x"] = to_clip_input(item["x"][None])[0]
+        return item
+
+
 class FSCILTiny(FSCILScenario):
-    """FSCIL on generated shape/colour images: 10 base classes + 5 x 2-way 5-shot, tiny ViT (seconds on a CPU)."""
+    """FSCIL on generated shape/colour images: 10 base + 5 x 2-way 5-shot; pretrained tiny CLIP tower or scratch ViT."""
 
     protocol = PROTOCOLS["fscil_tiny"]
     Config = TinyConfig

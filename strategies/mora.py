@@ -43,6 +43,7 @@ from torch import nn
 
 from cl_suite.adapters import AdapterBankStrategy, AdapterLinear, inject
 from cl_suite.api import Context, Task, TaskModel
+from cl_suite.models.classifier import head_loss
 
 FAMILIES = {
     "clip": {"rank": 16, "topk": 16, "temperature": 0.01, "threshold": 0.2, "scale": 1.0,
@@ -64,6 +65,7 @@ class MoRAConfig:
     bank_scale: Literal["kept", "official"] = "kept"  # official: frozen atoms lose their scale (LLM code)
     increment: Literal["auto", "before_task", "after_task"] = "auto"  # when fresh atoms join (clip/llm code)
     stats_tokens: int = 4096  # tokens per layer counted for the active-atom statistic per evaluation
+    head_loss: Literal["auto", "task", "model"] = "auto"  # classifier heads: CE over the current task's classes (auto)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,11 @@ class MoRA(AdapterBankStrategy):
         self.layers: dict[str, AdapterLinear] = {}
         self._counts: dict[str, list[int]] = {}  # layer name -> [tokens counted, active atoms summed]
         self._hooks: list = []
+
+    def training_step(self, batch, task: Task) -> torch.Tensor:
+        """With a classifier head, CE over the current task's classes (``head_loss``; the official code has a frozen
+        CLIP text classifier or an LM head instead, which a new task cannot bias); else the scenario's loss."""
+        return head_loss(self.model, batch, task, self.config.head_loss)
 
     def setup(self, model: TaskModel, ctx: Context) -> None:
         super().setup(model, ctx)

@@ -3,7 +3,8 @@
 Every class is represented by the mean feature of its training images, and a sample goes to the class whose
 prototype is closest (cosine by default). With a pretrained backbone (``train_base=false``) nothing is ever
 trained: this is SimpleCIL (Zhou et al., "Revisiting Class-Incremental Learning with Pre-Trained Models:
-Generalizability and Adaptivity are All You Need", 2023). With a backbone trained from scratch (the default), the
+Generalizability and Adaptivity are All You Need", 2023); it is the default when the model says its backbone is
+pretrained (``model.pretrained``). With a backbone trained from scratch (the default otherwise), the
 first task trains backbone and head with the model's own loss, then the backbone is frozen and the head is
 replaced by prototypes of every class, base classes included: the decoupled prototype baseline of FSCIL papers
 (CEC, Zhang et al., CVPR 2021; FACT, Zhou et al., CVPR 2022). Old prototypes never change, so the only source of
@@ -28,7 +29,8 @@ METRICS = ("cosine", "euclidean")
 
 @dataclass
 class PrototypeConfig:
-    train_base: bool = True  # train on the first task, then freeze; false: never train (pretrained backbone)
+    train_base: bool | None = None  # true: train on the first task, then freeze; false: never train; none (auto):
+    # false when the model's backbone is pretrained (``model.pretrained``, e.g. backbone=tiny-clip), else true
     metric: str = "cosine"  # "cosine" or "euclidean"
     scale: float = 16.0  # temperature of cosine scores (changes scores, never the argmax)
 
@@ -49,7 +51,10 @@ class Prototype(Strategy):
 
     def before_task(self, task: Task) -> None:
         # The runner reads ``trains`` before each task: train only the first task, and only if asked to.
-        self.trains = self.config.train_base and task.index == 0
+        train_base = self.config.train_base
+        if train_base is None:
+            train_base = not getattr(self.model, "pretrained", False)
+        self.trains = train_base and task.index == 0
         if not self.trains:
             self.model.requires_grad_(False)
 

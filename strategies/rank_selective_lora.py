@@ -47,6 +47,7 @@ import torch
 
 from cl_suite.adapters import AdapterBankStrategy, AdapterLinear, inject
 from cl_suite.api import Context, Task, TaskModel
+from cl_suite.models.classifier import head_loss
 
 PROX_MODES = ("official", "soft")
 
@@ -110,6 +111,7 @@ class RankSelectiveLoRAConfig:
     iterations: int = 0  # iterations the schedule spans per task; 0: the runner's step count for the task
     targets: tuple[str, ...] = ("q", "k", "v", "o", "fc1", "fc2")  # roles, "all" or name patterns
     betas: tuple[float, float] = (0.9, 0.9999)  # AdamW / Adam betas of the official trainer
+    head_loss: Literal["auto", "task", "model"] = "auto"  # classifier heads: CE over the current task's classes (auto)
 
 
 class RankSelectiveLoRA(AdapterBankStrategy):
@@ -129,6 +131,11 @@ class RankSelectiveLoRA(AdapterBankStrategy):
         self._iteration = 0
         self._kappa = 0.0
         self._history: list[dict[str, int]] = []  # effective rank per layer, one entry per finished task
+
+    def training_step(self, batch, task: Task) -> torch.Tensor:
+        """With a classifier head, CE over the current task's classes (``head_loss``; the official code has a frozen
+        CLIP text classifier or an LM head instead, which a new task cannot bias); else the scenario's loss."""
+        return head_loss(self.model, batch, task, self.config.head_loss)
 
     def setup(self, model: TaskModel, ctx: Context) -> None:
         super().setup(model, ctx)

@@ -13,7 +13,7 @@ from cl_suite import config, runner
 
 
 def _run(root, strategy, overrides):
-    cfg = config.resolve({"scenario": "digits-tiny", "strategy": strategy, "tiny": True},
+    cfg = config.resolve({"scenario": {"name": "digits-tiny", "backbone": "scratch"}, "strategy": strategy, "tiny": True},
                          {"train.max_steps": "4", "train.keep_checkpoints": "all", **overrides})  # fmt: skip
     return runner.start(cfg, root, out=io.StringIO(), progress=False)
 

@@ -88,8 +88,11 @@ def empty_root(tmp_path: Path) -> Path:
     return root
 
 
-def app(page: str, root: Path, monkeypatch) -> AppTest:
+def app(page: str, root: Path, monkeypatch, published: Path | None = None) -> AppTest:
+    """The page over ``root`` as the user's runs; the published root is ``published`` or a missing folder (then the
+    page opens on the user's runs)."""
     monkeypatch.setenv("CL_SUITE_RESULTS", str(root))
+    monkeypatch.setenv("CL_SUITE_PUBLISHED", str(published or root / "no-published-runs"))
     at = AppTest.from_file(str(PAGES[page]), default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -212,6 +215,28 @@ def test_leaderboard_page(normal_root, monkeypatch):
     assert not at.exception and at.info[0].value == "No successful run matches these filters."
 
 
+def test_leaderboard_opens_on_published_runs_and_shows_yours_apart(normal_root, empty_root, monkeypatch):
+    """With published runs present the first view is theirs; the user's runs are one radio choice away and never
+    mixed into the published table."""
+    at = app("leaderboard", empty_root, monkeypatch, published=normal_root)
+    assert at.sidebar.radio(key="runs_source").value == "Published runs"
+    assert at.caption[0].value.startswith("Published runs") and "digits\\-tiny" in [s.value for s in at.subheader]
+    assert set(board_of(at, "digits\\-tiny")["strategy"]) == STRATEGIES
+    at.sidebar.radio(key="runs_source").set_value("Your runs").run()
+    assert not at.exception and at.caption[0].value.startswith("Your runs") and not at.subheader
+    assert "No runs under this results root yet" in at.info[0].value
+
+
+def test_published_folder_under_your_root_is_not_mixed_into_your_runs(normal_root, tmp_path, monkeypatch):
+    """results/published lives under the default user root results/: its runs show only as the published ones."""
+    root = tmp_path / "results"
+    shutil.copytree(normal_root, root / "published")
+    at = app("leaderboard", root, monkeypatch, published=root / "published")
+    assert at.sidebar.radio(key="runs_source").value == "Published runs" and at.subheader
+    at.sidebar.radio(key="runs_source").set_value("Your runs").run()
+    assert not at.subheader and "No runs under this results root yet" in at.info[0].value
+
+
 def test_run_page(normal_root, monkeypatch):
     at = app("run", normal_root, monkeypatch)
     tables = results.load_runs(normal_root)
@@ -287,6 +312,8 @@ def test_app_command_serves_one_root_on_localhost(tmp_path):
     assert command[command.index("--server.address") + 1] == "127.0.0.1"
     assert command[command.index("--server.port") + 1] == "8599"
     assert env["CL_SUITE_RESULTS"] == str(tmp_path.resolve())
+    assert env["CL_SUITE_PUBLISHED"] == str(REPO / "results" / "published")
+    assert app_command(tmp_path, 8599, tmp_path / "pub")[1]["CL_SUITE_PUBLISHED"] == str((tmp_path / "pub").resolve())
     with pytest.raises(UsageError, match="--port"):
         app_command(tmp_path, 70000)
 
@@ -322,9 +349,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise AssertionError(f"the app did not answer on {url} within {timeout} s")
 
 
-def test_browser_shows_the_leaderboard(normal_root, tmp_path):
+def test_browser_shows_the_leaderboard(normal_root, empty_root, tmp_path):
     """`cl-suite app` on localhost, loaded in headless Chromium through Playwright (the system chromium, never
-    `playwright install`); the leaderboard grid lists the fixture's strategies; a screenshot is saved."""
+    `playwright install`); the first page is the published leaderboard (here the fixture root passed as --published,
+    the user's root empty) and its grid lists the fixture's strategies; a screenshot is saved."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no system chromium (make test installs Debian's chromium with apt-get when it can)")
@@ -332,8 +360,8 @@ def test_browser_shows_the_leaderboard(normal_root, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "app.log", "w")  # noqa: SIM115  (the server outlives this statement; closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "cl_suite.cli", "app", "--results", str(normal_root), "--port",
-                             str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "cl_suite.cli", "app", "--results", str(empty_root), "--published",
+                             str(normal_root), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     shot = Path(os.environ.get("CL_SUITE_SCREENSHOTS") or tmp_path) / "leaderboard.png"
     try:
         wait_healthy(url, proc)
@@ -342,6 +370,7 @@ def test_browser_shows_the_leaderboard(normal_root, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(url, timeout=60_000)
             page.get_by_role("heading", name="Leaderboard").wait_for(timeout=60_000)
+            page.get_by_text("Published runs · results root").wait_for(timeout=60_000)
             page.wait_for_selector('[data-testid="stDataFrame"] [role="gridcell"]', state="attached", timeout=60_000)
             page.wait_for_timeout(1500)
             cells = set(page.locator('[data-testid="stDataFrame"] [role="gridcell"]').all_text_contents())

@@ -62,7 +62,14 @@ def test_from_avalanche_and_back():
 
 
 def test_avalanche_digits_is_digits_tiny_through_avalanche():
-    ours, theirs = DigitsTiny().tasks(), AvalancheDigits().tasks()
+    for backbone in ("scratch", "tiny-clip"):  # the same data under either backbone
+        _same_tasks(DigitsTiny(DigitsTiny.Config(backbone=backbone)).tasks(),
+                    AvalancheDigits(AvalancheDigits.Config(backbone=backbone)).tasks())  # fmt: skip
+    tiny = AvalancheDigits(tiny=True).tasks()
+    assert len(tiny) == 2 and len(tiny[0].train) == 64
+
+
+def _same_tasks(ours, theirs) -> None:
     assert [t.classes for t in theirs] == [t.classes for t in ours]
     for a, b in zip(ours, theirs):
         for split in ("train", "test"):
@@ -70,8 +77,6 @@ def test_avalanche_digits_is_digits_tiny_through_avalanche():
             xb = torch.stack([getattr(b, split)[i]["x"] for i in range(len(getattr(b, split)))])
             assert xa.shape == xb.shape  # same split, maybe another order
             assert torch.allclose(xa.sum(0), xb.sum(0), atol=1e-4)
-    tiny = AvalancheDigits(tiny=True).tasks()
-    assert len(tiny) == 2 and len(tiny[0].train) == 64
 
 
 def test_naive_through_the_adapter_equals_finetune(results_root):
@@ -87,10 +92,10 @@ def test_our_runner_matches_avalanche_own_loop(results_root):
 
     epochs, lr = 3, 0.5
     store = _run(results_root, "finetune", train__optimizer="sgd", train__momentum=0, train__lr=lr,
-                 train__epochs=epochs, train__batch_size=64)  # fmt: skip
+                 train__epochs=epochs, train__batch_size=64, scenario__backbone="scratch")  # fmt: skip
     ours = torch.load(store.latest_checkpoint()[1], weights_only=True)["strategy"]
 
-    scenario = DigitsTiny(tiny=True)
+    scenario = DigitsTiny(DigitsTiny.Config(backbone="scratch"), tiny=True)
     tasks = scenario.tasks()
     runner.seed_everything(0)  # the runner seeds before building the model: same initial weights
     model = scenario.build_model(None)

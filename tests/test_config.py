@@ -90,4 +90,5 @@ def test_config_file_errors(tmp_path):
 
 def test_top_level_backbone_is_the_scenarios_backbone_field():
     with pytest.raises(ConfigError, match=r"unknown config key 'scenario\.backbone'"):
-        resolve({"scenario": "digits-tiny", "strategy": "finetune"}, {"backbone": "x"})
+        resolve({"scenario": "organ-tiny", "strategy": "finetune"}, {"backbone": "x"})  # a scenario without the field
+    assert resolve({"scenario": "digits-tiny", "strategy": "finetune"}, {"backbone": "scratch"}).scenario_config.backbone == "scratch"

@@ -247,7 +247,7 @@ def test_bad_config_is_refused_with_the_accepted_values():
 
 # -- end to end ------------------------------------------------------------------------------------------------
 def test_runs_reports_basis_sizes_and_resumes_with_its_basis(tmp_path):
-    cfg = config.resolve({"scenario": "digits-tiny", "strategy": "coso", "tiny": True},
+    cfg = config.resolve({"scenario": {"name": "digits-tiny", "backbone": "scratch"}, "strategy": "coso", "tiny": True},
                          {"train.max_steps": "4", "train.keep_checkpoints": "all",
                           "strategy.threshold": "0.99999"})  # fmt: skip
     store = runner.start(cfg, tmp_path, out=io.StringIO(), progress=False)

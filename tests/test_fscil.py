@@ -17,6 +17,8 @@ from strategies.prototype import Prototype
 
 
 def run(root, strategy, tiny=False, **overrides):
+    """A fscil-tiny run in the from-scratch regime (``backbone=scratch``) unless ``scenario__backbone`` says otherwise."""
+    overrides = {"scenario__backbone": "scratch", **overrides}
     cfg = config.resolve({"scenario": "fscil-tiny", "strategy": strategy, "tiny": tiny},
                          {k.replace("__", "."): str(v) for k, v in overrides.items()})  # fmt: skip
     store = runner.start(cfg, root, out=io.StringIO(), progress=False)
@@ -59,7 +61,7 @@ def test_bundled_tiny_lists_are_the_generated_ones():
 
 
 def test_fscil_tiny_sessions():
-    tasks = FSCILTiny().tasks()
+    tasks = FSCILTiny(TinyConfig(backbone="scratch")).tasks()
     assert [t.name for t in tasks] == ["base"] + [f"session{s}" for s in range(1, 6)]
     assert tasks[0].classes == tuple(range(10)) and len(tasks[0].train) == 10 * 60 and len(tasks[0].test) == 10 * 20
     for s, task in enumerate(tasks[1:], start=1):

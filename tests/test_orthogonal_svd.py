@@ -230,7 +230,7 @@ def test_bad_config_is_one_clear_error(key, value):
 def test_runs_end_to_end_and_records_k_per_layer_per_task(results_root, capsys):
     from cl_suite import cli
 
-    cfg = config.resolve({"scenario": "digits-tiny", "strategy": "orthogonal-svd", "tiny": True},
+    cfg = config.resolve({"scenario": {"name": "digits-tiny", "backbone": "scratch"}, "strategy": "orthogonal-svd", "tiny": True},
                          {"train.max_steps": "3"})  # fmt: skip
     store = runner.start(cfg, results_root, out=io.StringIO(), progress=False)
     record = store.read_record()

@@ -146,7 +146,8 @@ def test_bad_config_is_one_clear_error():
 
 
 def test_runs_and_resumes_on_digits_tiny(tmp_path):
-    cfg = config.resolve({"scenario": "digits-tiny", "strategy": "rank-selective-lora", "tiny": True},
+    cfg = config.resolve({"scenario": {"name": "digits-tiny", "backbone": "scratch"}, "strategy": "rank-selective-lora",
+                          "tiny": True},
                          {"train.max_steps": "6", "train.keep_checkpoints": "all", "strategy.max_kappa": "0.5",
                           "strategy.lambda_num": "3"})  # fmt: skip
     store = runner.start(cfg, tmp_path, out=io.StringIO(), progress=False)

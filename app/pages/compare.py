@@ -58,8 +58,9 @@ def board_direction(data, scenario: str) -> str:
 
 def page() -> None:
     st.title("Compare")
-    data = store.load()
-    if not views.notices(data):
+    source = views.source()
+    data = store.load(source)
+    if not views.notices(data, source):
         return
     scenarios = sorted(data.runs.loc[data.runs["status"] == "success", "scenario"].dropna().unique())
     if not scenarios:

@@ -26,8 +26,9 @@ def _ranked_by(board, metric_direction: str) -> str:
 
 def page() -> None:
     st.title("Leaderboard")
-    data = store.load()
-    if not views.notices(data):
+    source = views.source()
+    data = store.load(source)
+    if not views.notices(data, source):
         return
     runs = data.runs
     cols = st.columns(3)

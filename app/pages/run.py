@@ -27,8 +27,9 @@ def _summary(record: dict) -> pd.DataFrame:
 
 def page() -> None:
     st.title("Run")
-    data = store.load()
-    if not views.notices(data):
+    source = views.source()
+    data = store.load(source)
+    if not views.notices(data, source):
         return
     run = _pick_run(data.runs)
     record, train, problems = store.run_detail(run["path"])

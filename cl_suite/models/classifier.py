@@ -18,8 +18,10 @@ from cl_suite.api import Batch, BlockView, Context, LinearTarget, Task, TaskMode
 
 class ClassifierModel(TaskModel):
     def __init__(self, backbone: nn.Module, feature_dim: int, task_classes: Sequence[Sequence[int]],
-                 num_classes: int, backbone_name: str, label_smoothing: float = 0.0) -> None:  # fmt: skip
+                 num_classes: int, backbone_name: str, label_smoothing: float = 0.0,
+                 pretrained: bool = False) -> None:  # fmt: skip
         super().__init__()
+        self.pretrained = pretrained  # the backbone arrives pretrained (strategies pick their regime's defaults)
         self.backbone = backbone
         self.head = nn.Linear(feature_dim, num_classes)
         self.backbone_name = backbone_name
@@ -60,6 +62,30 @@ class ClassifierModel(TaskModel):
 
     def blocks(self) -> list[BlockView]:
         return self.backbone.blocks()
+
+
+HEAD_LOSSES = ("auto", "task", "model")
+
+
+def head_loss(model: TaskModel, batch: Batch, task: Task, mode: str = "auto") -> torch.Tensor:
+    """The loss a rehearsal-free method trains a classifier head with on a pretrained ViT.
+
+    ``task``: cross-entropy over the current task's classes only (every other logit masked), as SEMA's code does
+    (``logits[:, :known] = -inf``) and as CoSO/InfLoRA's per-task heads amount to; old classes' rows get no gradient
+    pushing them down, so the head is not biased towards the newest task. ``model``: the scenario's own loss (over
+    every seen class for ClassifierModel). ``auto``: ``task`` when the model has logits and a trainable head and the
+    task introduces classes, else ``model`` (CLIP, LLMs, segmentation bring their own loss)."""
+    if mode not in HEAD_LOSSES:
+        raise ValueError(f"unknown head loss {mode!r}; accepted: {', '.join(HEAD_LOSSES)}")
+    has_head = bool(task.classes) and callable(getattr(model, "logits", None)) and bool(model.head_parameters())
+    if mode == "task" and not has_head:
+        raise ValueError("head_loss=task needs a classifier head and a task with classes; use auto or model")
+    if mode == "model" or not has_head:
+        return model.loss(batch, task)
+    logits = model.logits(batch)
+    allowed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    allowed[list(task.classes)] = True
+    return F.cross_entropy(logits.masked_fill(~allowed, torch.finfo(logits.dtype).min), batch["y"])
 
 
 @torch.no_grad()

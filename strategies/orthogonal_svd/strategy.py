@@ -19,9 +19,12 @@ task) or ``fixed`` (mini_trainer/PEFT: half the smaller side). Differences from 
 
 * The first task has no previous task, so its importance scan uses its own training data (the paper starts from a
   model already fine-tuned on a source task and scans that task's data).
-* Parameters outside the targets (embeddings, norms, biases, heads) train freely by default, as in the official
-  notebook and mini_trainer ("full" fine-tuning); ``strategy.train_others=head`` or ``none`` freezes them as PEFT does
-  (``head`` keeps the scenario's classifier head trainable).
+* Parameters outside the targets (embeddings, norms, biases, heads) train freely on models without a classifier head
+  (LLMs, CLIP), as in the official notebook and mini_trainer ("full" fine-tuning). On a classifier (a pretrained
+  ViT under a head: digits-tiny, fscil-tiny) the default ``train_others=auto`` trains only the head besides the
+  targets, as every method of the frozen-pretrained-ViT regime does (SEMA, CoSO, InfLoRA); measured on digits-tiny
+  (tiny CLIP, seed 0): Last 31.8 with ``all`` against 44.1 with ``head``. ``strategy.train_others=all|head|none``
+  picks one explicitly (``none``: only the low factors, as PEFT).
 * The per-matrix cosine is near zero with both signs on the models measured here (SmolLM2-135M, the tiny CLIP), so
   the paper's mean-1 normalisation is ill-conditioned: a non-positive mean gives every matrix ``trr`` (stats:
   ``importance_degenerate``) and a tiny positive one spreads k to the extremes; ``fixed``/``schedule`` avoid this.
@@ -32,12 +35,14 @@ task) or ``fixed`` (mini_trainer/PEFT: half the smaller side). Differences from 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from cl_suite.adapters.inject import select_targets
 from cl_suite.api import Context, Strategy, Task, TaskModel, to_device
+from cl_suite.models.classifier import head_loss
 from strategies.orthogonal_svd.ranks import (
     RULES,
     adaptive_ranks,
@@ -48,7 +53,7 @@ from strategies.orthogonal_svd.ranks import (
 )
 from strategies.orthogonal_svd.svd_linear import OrthogonalSVDLinear
 
-OTHERS = ("all", "head", "none")
+OTHERS = ("auto", "all", "head", "none")
 
 
 @dataclass
@@ -61,7 +66,8 @@ class OrthogonalSVDConfig:
     schedule_step: float = 0.07  # schedule: k = floor(max(shape) * step * (task + 1))
     fixed_ratio: float = 0.5  # fixed: k = floor(min(shape) * ratio)
     reproject: bool = True  # re-project U_low/V_low after every optimizer step (mini_trainer PR #16)
-    train_others: str = "all"  # all (official: full fine-tuning) | head | none (PEFT: only the low factors)
+    train_others: str = "auto"  # auto: head on a classifier, else all | all (official: full fine-tuning) | head | none
+    head_loss: Literal["auto", "task", "model"] = "auto"  # classifier heads: CE over the current task's classes (auto)
 
 
 class OrthogonalSVD(Strategy):
@@ -76,6 +82,11 @@ class OrthogonalSVD(Strategy):
         self.wrapped: dict[str, tuple[nn.Module, str, nn.Linear, OrthogonalSVDLinear]] = {}
         self.ranks: dict[str, int] = {}
         self.importance: dict[str, float] = {}
+
+    def training_step(self, batch, task: Task) -> torch.Tensor:
+        """With a classifier head, CE over the current task's classes (``head_loss``; the official code has a frozen
+        CLIP text classifier or an LM head instead, which a new task cannot bias); else the scenario's loss."""
+        return head_loss(self.model, batch, task, self.config.head_loss)
 
     def setup(self, model: TaskModel, ctx: Context) -> None:
         c = self.config
@@ -101,6 +112,8 @@ class OrthogonalSVD(Strategy):
             setattr(parent, attr, layer)
             self.wrapped[name] = (parent, attr, linear, layer)
         others = self.config.train_others
+        if others == "auto":
+            others = "head" if self.model.head_parameters() else "all"
         self.model.requires_grad_(others == "all")
         if others == "head":
             for p in self.model.head_parameters():

@@ -44,10 +44,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.api import BlockView, Context, Strategy, Task, TaskModel, make_optimizer, to_device
+from cl_suite.models.classifier import head_loss
 from strategies.sema.modules import SemaLayer, should_expand
 
 REFERENCE_WIDTH = 768  # ViT-B/16, where the official sizes (bottleneck 16, descriptor 128) are set
@@ -302,13 +302,7 @@ class SEMA(Strategy):
 
     def _task_loss(self, batch, task: Task) -> torch.Tensor:
         """The official CE over the current task's classes when there is a classifier head, else the model's loss."""
-        has_logits = callable(getattr(self.model, "logits", None))
-        if self.config.mask_old_classes and task.classes and has_logits and self.model.head_parameters():
-            logits = self.model.logits(batch)
-            allowed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-            allowed[list(task.classes)] = True
-            return F.cross_entropy(logits.masked_fill(~allowed, torch.finfo(logits.dtype).min), batch["y"])
-        return self.model.loss(batch, task)
+        return head_loss(self.model, batch, task, "auto" if self.config.mask_old_classes else "model")
 
     # -- reporting -------------------------------------------------------------------------------------------
     def added_inference_parameters(self) -> int:
