@@ -333,7 +333,8 @@ def test_task_epochs_must_cover_every_task(tmp_path, results_root):
     llm_fixtures.write_trace(tmp_path, n=4, names=TRACE_ORDER[:2])
     cfg = config.resolve({"scenario": {"name": "trace", "data_dir": str(tmp_path)}, "strategy": "finetune",
                           "tiny": True}, {"train.task_epochs": "2"})  # fmt: skip
-    with pytest.raises(config.ConfigError, match="task_epochs needs a count >= 1 for each of the 2 tasks"):
+    # The task count is known only once the scenario has built its tasks, inside the started run: a failed run (exit 1).
+    with pytest.raises(runner.RunError, match="task_epochs needs a count >= 1 for each of the 2 tasks"):
         runner.start(cfg, results_root, out=io.StringIO(), progress=False)
     assert config.TrainConfig(task_epochs=(5, 3)).epochs_for(1) == 3 and config.TrainConfig(epochs=2).epochs_for(7) == 2
 
