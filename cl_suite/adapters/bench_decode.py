@@ -18,10 +18,9 @@ within 1.3x of the base model's per-token latency at batch 1.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from torch import nn
 from cl_suite.adapters.inject import select_targets
 from cl_suite.adapters.linear import AdapterLinear
 from cl_suite.adapters.routing import PromptBinding, RankRouter, SwitchBinding, TokenPreGate
+from cl_suite.kernels.bench import write_csv
 from cl_suite.kernels.reference import adapter_linear_loop
 
 TARGET = 1.3  # LoRA-Switch's anchor: dynamic adapters within 1.3x of the base model per token
@@ -257,13 +257,7 @@ def run_bench(device: str = "cpu", model: str = "smollm2-135m", new_tokens: int 
     base = best["base"]
     rows = [DecodeRow(v.name, v.targets, v.ranks(), v.added_params(), best[v.name], base) for v in variants]
     if csv_path:
-        path = Path(csv_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=[*asdict(rows[0]), "tokens_per_s", "ratio"])
-            w.writeheader()
-            for row in rows:
-                w.writerow({**asdict(row), "tokens_per_s": row.tokens_per_s, "ratio": row.ratio})
+        write_csv(rows, csv_path, ("tokens_per_s", "ratio"))
     return rows
 
 

@@ -10,16 +10,15 @@ the min of interleaved repeats on a CPU.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from cl_suite.adapters.linear import AdapterLinear
-from cl_suite.kernels.bench import make_timer, timed_call
+from cl_suite.kernels.bench import make_timer, timed_call, write_csv
 from cl_suite.kernels.reference import adapter_linear_loop
 
 TASKS = (1, 5, 10)  # bank sizes: after the first, fifth and tenth task (X-TAIL has 10)
@@ -107,13 +106,7 @@ def run_bench(device: str = "cpu", d: int = 768, tokens: int | None = None, rank
                                 ms["loop"]))  # fmt: skip
         progress(f"[{i}/{len(tasks)}] MoRA layer d={d} tasks={t} atoms={layer.rank} N={tokens}")
     if csv_path:
-        path = Path(csv_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=[*asdict(rows[0]), "mora_vs_linear", "loop_vs_mora"])
-            w.writeheader()
-            for r in rows:
-                w.writerow({**asdict(r), "mora_vs_linear": r.mora_vs_linear, "loop_vs_mora": r.loop_vs_mora})
+        write_csv(rows, csv_path, ("mora_vs_linear", "loop_vs_mora"))
     return rows
 
 

@@ -165,20 +165,20 @@ def run_bench(device: str = "cpu", csv_path: str | Path | None = None, full: boo
                             t.get("unfused"), t["loop"]))  # fmt: skip
         progress(f"[{i}/{len(cases)}] {name} d={d} R={rank} groups={groups} N={n}")
     if csv_path:
-        write_csv(rows, csv_path)
+        write_csv(rows, csv_path, ("op_vs_linear", "loop_vs_op", "unfused_vs_op"))
     return rows
 
 
-def write_csv(rows: list[Row], path: str | Path) -> None:
+def write_csv(rows: list, path: str | Path, derived: tuple[str, ...] = ()) -> None:
+    """Save bench rows (dataclasses) as CSV: their fields, then the ``derived`` properties (ratios) of each row.
+    Shared by every ``cl-suite bench`` command."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        fields = [*asdict(rows[0]).keys(), "op_vs_linear", "loop_vs_op", "unfused_vs_op"]
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=[*asdict(rows[0]).keys(), *derived])
         w.writeheader()
         for r in rows:
-            w.writerow({**asdict(r), "op_vs_linear": r.op_vs_linear, "loop_vs_op": r.loop_vs_op,
-                        "unfused_vs_op": r.unfused_vs_op})  # fmt: skip
+            w.writerow({**asdict(r), **{name: getattr(r, name) for name in derived}})
 
 
 def render(rows: list[Row], device: str) -> str:

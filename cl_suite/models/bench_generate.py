@@ -14,13 +14,14 @@ read the ratios, which come from the same run).
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from cl_suite.kernels.bench import write_csv
 
 
 @dataclass
@@ -116,12 +117,7 @@ def run_bench(device: str = "cpu", backbone: str = "smollm2-135m", batch_size: i
                    examples / times[name], times[name] / times["eval path"], outputs[name] == outputs["eval path"])
             for name in variants]  # fmt: skip
     if csv_path:
-        path = Path(csv_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-            writer.writeheader()
-            writer.writerows(asdict(r) for r in rows)
+        write_csv(rows, csv_path)
     return rows
 
 
