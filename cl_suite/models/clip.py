@@ -277,16 +277,23 @@ class CLIPTaskModel(TaskModel):
         if isinstance(patch, PatchLinear):
             targets.append(LinearTarget("clip.visual.conv1.proj", "patch", patch.proj))
         for name, block in _residual_blocks(self.clip):
-            if isinstance(block.attn, SplitAttention):
-                for role in ("q", "k", "v", "o"):
-                    targets.append(LinearTarget(f"clip.{name}.attn.{role}", role, getattr(block.attn, role)))
-            targets.append(LinearTarget(f"clip.{name}.mlp.c_fc", "fc1", block.mlp.c_fc))
-            targets.append(LinearTarget(f"clip.{name}.mlp.c_proj", "fc2", block.mlp.c_proj))
+            targets += block_targets(f"clip.{name}", block)
         return targets
 
     def blocks(self) -> list[BlockView]:
         """Vision-tower blocks first, then text-tower blocks (numbered on)."""
         return [BlockView(i, b, b.attn, b.ln_2, b.mlp) for i, (_, b) in enumerate(_residual_blocks(self.clip))]
+
+
+def block_targets(name: str, block: nn.Module) -> list[LinearTarget]:
+    """The adapter targets of one open_clip residual block named ``name``: the split attention's q, k, v, o (once
+    :func:`split_fused_layers` has run) and the MLP's c_fc (fc1) and c_proj (fc2)."""
+    targets = []
+    if isinstance(block.attn, SplitAttention):
+        targets += [LinearTarget(f"{name}.attn.{role}", role, getattr(block.attn, role)) for role in ("q", "k", "v", "o")]
+    targets.append(LinearTarget(f"{name}.mlp.c_fc", "fc1", block.mlp.c_fc))
+    targets.append(LinearTarget(f"{name}.mlp.c_proj", "fc2", block.mlp.c_proj))
+    return targets
 
 
 def load_clip(spec: str):

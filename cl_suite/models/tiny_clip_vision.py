@@ -48,13 +48,11 @@ class TinyClipVision(nn.Module):
         return list(self.visual.transformer.resblocks)
 
     def linear_targets(self, prefix: str = "") -> list[LinearTarget]:
+        from cl_suite.models.clip import block_targets
+
         targets = [LinearTarget(f"{prefix}visual.conv1.proj", "patch", self.visual.conv1.proj)]
         for i, block in enumerate(self._blocks()):
-            name = f"{prefix}visual.transformer.resblocks.{i}"
-            for role in ("q", "k", "v", "o"):
-                targets.append(LinearTarget(f"{name}.attn.{role}", role, getattr(block.attn, role)))
-            targets.append(LinearTarget(f"{name}.mlp.c_fc", "fc1", block.mlp.c_fc))
-            targets.append(LinearTarget(f"{name}.mlp.c_proj", "fc2", block.mlp.c_proj))
+            targets += block_targets(f"{prefix}visual.transformer.resblocks.{i}", block)
         return targets
 
     def blocks(self) -> list[BlockView]:
