@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from cl_suite.adapters import AdapterBankStrategy, AdapterLinear
-from cl_suite.api import Task
+from cl_suite.adapters import AdapterBankStrategy, AdapterLinear, inject
+from cl_suite.api import Context, Task, TaskModel
 
 
 class ExpertBankStrategy(AdapterBankStrategy):
-    """Subclasses set ``self.layers`` and ``self.routers`` (a ModuleList of the routers it owns, possibly empty) in
-    ``setup`` and implement ``_grow_task`` (one task's experts and router rows) and ``_freeze_routers``."""
+    """Subclasses set ``self.layers`` (with :meth:`inject_experts`) and ``self.routers`` (a ModuleList of the routers
+    it owns, possibly empty) in ``setup`` and implement ``_grow_task`` (one task's experts and router rows) and ``_freeze_routers``."""
 
     supports = frozenset({"cil", "til", "dil", "fscil", "instr"})
     requires = frozenset({"linear_targets", "blocks"})
@@ -31,6 +31,11 @@ class ExpertBankStrategy(AdapterBankStrategy):
         self.tasks_grown = 0
 
     # -- the bank ------------------------------------------------------------------------------------------
+    def inject_experts(self, model: TaskModel, ctx: Context) -> None:
+        """Freeze the model and put an external-gate AdapterLinear on every target (the routers set the gates)."""
+        model.requires_grad_(False)
+        self.layers = inject(model, self.config.targets, gate="external", backend=ctx.kernel_backend)
+
     def _grow_task(self) -> None:
         raise NotImplementedError
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cl_suite.adapters import inject
 from cl_suite.adapters.routing import SwitchBinding
 from cl_suite.api import Context, TaskModel
 from strategies.expert_bank import ExpertBankStrategy
@@ -49,8 +48,7 @@ class LoRASwitch(ExpertBankStrategy):
         c = self.config
         if min(c.experts_per_task, c.topk, c.rank) < 1:
             raise ValueError("strategy.experts_per_task, strategy.topk and strategy.rank must be >= 1")
-        model.requires_grad_(False)
-        self.layers = inject(model, c.targets, gate="external", backend=ctx.kernel_backend)
+        self.inject_experts(model, ctx)
         self.binding = SwitchBinding(model, model.blocks(), self.layers, topk=c.topk, merge=c.merge)
         self.routers = self.binding.gates
         self.grow()

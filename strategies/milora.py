@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cl_suite.adapters import inject
 from cl_suite.adapters.routing import PromptBinding
 from cl_suite.api import Context, Task, TaskModel
 from strategies.expert_bank import ExpertBankStrategy
@@ -54,8 +53,7 @@ class MiLoRA(ExpertBankStrategy):
         c = self.config
         if min(c.rank, c.topk) < 1 or c.balance_weight < 0:
             raise ValueError("strategy.rank and strategy.topk must be >= 1 and strategy.balance_weight >= 0")
-        model.requires_grad_(False)
-        self.layers = inject(model, c.targets, gate="external", backend=ctx.kernel_backend)
+        self.inject_experts(model, ctx)
         self.binding = PromptBinding(model.blocks(), self.layers, topk=c.topk, pooler=c.pooler, model=model,
                                      watch=getattr(model, "lm", None))  # fmt: skip
         if not self.binding.blocks:

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cl_suite.adapters import inject
 from cl_suite.adapters.routing import RankRouter
 from cl_suite.api import Context, TaskModel
 from strategies.expert_bank import ExpertBankStrategy
@@ -50,8 +49,7 @@ class SMoRA(ExpertBankStrategy):
         c = self.config
         if min(c.rank, c.topk) < 1 or c.update_rate < 0:
             raise ValueError("strategy.rank and strategy.topk must be >= 1 and strategy.update_rate >= 0")
-        model.requires_grad_(False)
-        self.layers = inject(model, c.targets, gate="external", backend=ctx.kernel_backend)
+        self.inject_experts(model, ctx)
         for layer in self.layers.values():
             router = RankRouter(layer.in_features, c.topk, c.update_rate)
             layer.routers.append(router)  # lives in the layer: saved, counted and trained with its bank
