@@ -172,6 +172,9 @@ def test_base_branch_and_backbone_are_frozen_after_the_base_session(results_root
     assert any(not torch.equal(last[k], last[k] * 0) for k in new if "in_proj" in k), "the new branch's gate learnt"
     record, evals = results.load_run(store.path)
     assert record["status"] == "success" and record["strategy_stats"][1]["new_branch"] is True
+    # the tiny CLIP tower's last block gives [CLS] + a 4 x 4 patch grid: the class token is dropped and the grid
+    # pooled to feat_size 2, as the official neck reads CIFAR ResNet-12's 2 x 2 map (not a 1 x 17 sequence)
+    assert record["strategy_stats"][1]["grid"] == [2, 2]
     R, _ = results.score_matrix(pd.DataFrame(evals), record["metric"], record["num_tasks"])
     assert R.shape == (3, 2)
 

@@ -25,8 +25,8 @@ Simplifications (also in the README's differences table):
   lr 0.25 and, at lr 0.05, closed the gate on every class (novel accuracy 0); 10 learnt session 1 (README);
 - the base session uses the run's ``train`` block (optimizer, lr, epochs, batch size), not the official SGD 0.25 /
   cosine-cooldown / 200 epochs at batch 512, and no image mixup/cutmix (CIFAR config); its loss is the ETF DR loss;
-- the "feature map" is the token grid of the backbone's last block (``blocks()``), standardised per token and
-  average-pooled to ``feat_size`` x ``feat_size`` (the official CIFAR neck reads ResNet-12's 2 x 2 map); the identity
+- the "feature map" is the patch-token grid of the backbone's last block (``blocks()``; a ViT's [CLS] token
+  dropped), standardised per token and average-pooled to ``feat_size`` x ``feat_size`` (the official CIFAR neck reads ResNet-12's 2 x 2 map); the identity
   is ``model.features`` (the model's own pooled feature); a backbone without blocks is read as one token;
 - an incremental session's batch size is the run's ``train.batch_size`` (official: 8 per GPU x 8 GPUs); the memory
   set is cycled so that one runner pass makes ``inc_steps`` optimiser steps;
@@ -101,6 +101,16 @@ def _per_session(values: tuple[int, ...], task: Task) -> int:
     return values[min(task.index, len(values)) - 1]
 
 
+def _patch_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """The patch grid of a ViT block's output: a leading [CLS] token (a square grid plus one) is dropped, so the
+    neck reads the spatial map the official neck reads (ResNet-12's, which has no class token)."""
+    length = tokens.shape[1]
+    side = math.isqrt(length - 1) if length > 1 else 0
+    if side and side * side == length - 1 and math.isqrt(length) ** 2 != length:
+        return tokens[:, 1:]
+    return tokens
+
+
 def _grid(length: int) -> tuple[int, int]:
     side = math.isqrt(length)
     return (side, side) if side * side == length else (1, length)
@@ -145,7 +155,8 @@ class MambaFSCIL(Strategy):
                 handle.remove()
         if not captured or captured[-1].dim() != 3:
             return pooled[:, None, :], pooled
-        tokens = F.layer_norm(captured[-1], captured[-1].shape[-1:])
+        tokens = _patch_tokens(captured[-1])
+        tokens = F.layer_norm(tokens, tokens.shape[-1:])
         side, size = math.isqrt(tokens.shape[1]), self.config.feat_size
         if size and side * side == tokens.shape[1] and side > size:  # average-pool the token grid to the neck's size
             grid = tokens.transpose(1, 2).reshape(len(tokens), -1, side, side)
