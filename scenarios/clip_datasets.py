@@ -100,19 +100,27 @@ class _Protocol:
         return model
 
 
-# -- MTIL ------------------------------------------------------------------------------------------------------
 @dataclass
-class MtilConfig:
+class ClipProtocolConfig:
+    """Settings that mean the same in all four protocols, declared once; each protocol config adds its own and
+    label_smoothing, whose default (ZSCL's 0.2, RAIL's 0.0) differs by protocol."""
+
     root: str = "data"
-    order: Literal["I", "II"] = "I"
-    domains: tuple[str, ...] = ()  # an explicit task order; overrides ``order`` when set
     backbone: str = "open_clip:ViT-B-16@openai"
     image_size: int = 0  # 0: the backbone's
-    train_augment: bool = True  # ZSCL's RandomResizedCrop(scale=(0.9, 1)) on training images
+    train_augment: bool = True  # RandomResizedCrop(scale=(0.9, 1)) on training images (ZSCL's train transform)
     train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
-    per_dataset_lr: bool = True  # ZSCL's lr per dataset (5e-5 for Aircraft and MNIST), as a factor on train.lr=1e-5
     text_loss: float = 0.0  # text->image term weight (1.0 under rank-selective-lora and mora)
-    text_loss_form: Literal["official", "present-mean"] = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
+    # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
+    text_loss_form: Literal["official", "present-mean"] = "official"
+
+
+# -- MTIL ------------------------------------------------------------------------------------------------------
+@dataclass
+class MtilConfig(ClipProtocolConfig):
+    order: Literal["I", "II"] = "I"
+    domains: tuple[str, ...] = ()  # an explicit task order; overrides ``order`` when set
+    per_dataset_lr: bool = True  # ZSCL's lr per dataset (5e-5 for Aircraft and MNIST), as a factor on train.lr=1e-5
     label_smoothing: float = 0.2  # ZSCL's --ls 0.2
 
 
@@ -189,17 +197,10 @@ class Mtil(_Protocol, ClipScenario):
 
 # -- X-TAIL ----------------------------------------------------------------------------------------------------
 @dataclass
-class XtailConfig:
-    root: str = "data"
+class XtailConfig(ClipProtocolConfig):
     domains: tuple[str, ...] = ()  # an explicit task order; RAIL's configs/analytic_clip.yaml order when empty
-    backbone: str = "open_clip:ViT-B-16@openai"
-    image_size: int = 0  # 0: the backbone's
-    train_augment: bool = True  # RandomResizedCrop(scale=(0.9, 1)) on training images (ZSCL's train transform)
-    train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     shots: int = 16  # RAIL's num_shots
     shot_seed: int = 42  # RAIL's seed (Python random for CoOp domains, numpy for MNIST)
-    text_loss: float = 0.0  # text->image term weight (1.0 under rank-selective-lora and mora)
-    text_loss_form: Literal["official", "present-mean"] = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
     label_smoothing: float = 0.0
 
 
@@ -355,17 +356,10 @@ class _ClassIncremental(_Protocol, ClipScenario):
 
 
 @dataclass
-class ClipCifar100Config:
-    root: str = "data"
+class ClipCifar100Config(ClipProtocolConfig):
     n_tasks: int = 10
     class_order: tuple[int, ...] = ()  # empty: ZSCL's cil/class_orders/cifar100.yaml
-    backbone: str = "open_clip:ViT-B-16@openai"
-    image_size: int = 0  # 0: the backbone's
-    train_augment: bool = True  # RandomResizedCrop(scale=(0.9, 1)) on training images (ZSCL's train transform)
-    train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     seed: int = 0
-    text_loss: float = 0.0  # text->image term weight (1.0 under rank-selective-lora and mora)
-    text_loss_form: Literal["official", "present-mean"] = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
     label_smoothing: float = 0.2  # ZSCL cil configs: ls 0.2
 
 
@@ -419,18 +413,11 @@ class ClipCifar100(_ClassIncremental):
 
 
 @dataclass
-class ImagenetRConfig:
-    root: str = "data"
+class ImagenetRConfig(ClipProtocolConfig):
     n_tasks: Literal[5, 10, 20] = 10  # PILOT exps/*_inr.json: init_cls 20, increment 20
     order_seed: int = 1993  # PILOT: np.random.seed(1993); np.random.permutation(200)
     split_seed: int = 0  # only for the tar layout (no train/test folders): our seeded 80/20 split, not PILOT's
-    backbone: str = "open_clip:ViT-B-16@openai"
-    image_size: int = 0  # 0: the backbone's
-    train_augment: bool = True  # RandomResizedCrop(scale=(0.9, 1)) on training images (ZSCL's train transform)
-    train_logit_scale: bool = False  # ZSCL excludes CLIP's logit_scale from the optimizer
     seed: int = 0
-    text_loss: float = 0.0  # text->image term weight (1.0 under rank-selective-lora and mora)
-    text_loss_form: Literal["official", "present-mean"] = "official"  # official (CoDyRA/MoRAM train_model) | present-mean (see CLIPTaskModel)
     label_smoothing: float = 0.2
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 
@@ -239,13 +240,42 @@ class LLMTiny(LLMSequence):
         return llm_tiny_data.BUILDERS[name](n_train, n_test, c.split_seed)
 
 
-class Text5(LLMSequence):
+class LocalFilesSequence(LLMSequence):
+    """A sequence read from a local benchmark folder (``scenario.data_dir``): one root/check_data serves text5,
+    text15 and trace, each declaring only its folder's facts below."""
+
+    data_label: ClassVar[str] = ""  # the scenario as named in MissingData messages
+    layout: ClassVar[str] = ""  # the folder's expected layout (llm_files.*_LAYOUT)
+    source: ClassVar[str] = ""  # where the folder comes from
+    known_tasks: ClassVar[dict[str, Any]] = {}  # llm_files' task table: the names the folder can hold
+
+    @staticmethod
+    def task_files(root: Path, name: str) -> list[Path]:
+        """The files task ``name`` needs under ``root``."""
+        raise NotImplementedError
+
+    def root(self) -> Path:
+        return llm_files.check_root(self.config.data_dir, self.data_label, self.layout, self.source)
+
+    def check_data(self) -> None:
+        root = self.root()
+        for name in self.run_names():
+            if name in self.known_tasks:  # unknown names fail in load_task with the accepted list
+                llm_files.check_files(self.task_files(root, name), name, self.layout)
+
+
+class Text5(LocalFilesSequence):
     """Standard text-classification CL benchmark (O-LoRA orders 1-3 over AG News, Amazon, DBpedia, Yahoo); local files."""
 
     setting = "instr"
     Config = TextConfig
     orders = TEXT5_ORDERS
     prompt_formats = {"o-lora": "raw", "chat": "chat"}
+    data_label = "text5/text15"
+    layout = llm_files.OLORA_LAYOUT
+    source = "github.com/cmnfriend/O-LoRA CL_Benchmark/"
+    known_tasks = llm_files.CL_BENCHMARK_TASKS
+    task_files = staticmethod(llm_files.cl_benchmark_files)
 
     def task_names(self):
         order = self.config.order
@@ -253,16 +283,6 @@ class Text5(LLMSequence):
             raise ConfigError(f"scenario.order must be one of {', '.join(map(str, self.orders))} (O-LoRA's orders "
                              f"for this scenario), or 0 to use scenario.task_order; got {order}")  # fmt: skip
         return self.orders[order] if order else tuple(self.config.task_order)
-
-    def root(self):
-        return llm_files.check_root(self.config.data_dir, "text5/text15", llm_files.OLORA_LAYOUT,
-                                    "github.com/cmnfriend/O-LoRA CL_Benchmark/")  # fmt: skip
-
-    def check_data(self):
-        root = self.root()
-        for name in self.run_names():
-            if name in llm_files.CL_BENCHMARK_TASKS:  # unknown names fail in load_task with the accepted list
-                llm_files.check_files(llm_files.cl_benchmark_files(root, name), name, llm_files.OLORA_LAYOUT)
 
     def load_task(self, name):
         return llm_files.cl_benchmark_task(self.root(), name, prefix=self.config.prompt_format == "o-lora")
@@ -298,26 +318,21 @@ class Text15(Text5):
     orders = TEXT15_ORDERS
 
 
-class Trace(LLMSequence):
+class Trace(LocalFilesSequence):
     """TRACE's 8 tasks (Wang et al. 2023): OP and BWT, from a local LLM-CL_Benchmark folder."""
 
     setting = "instr"
     Config = TraceConfig
     summary = ("trace_op", "trace_bwt", "bwt", "forgetting", "fwt", "avg_inc")
     prompt_formats = {"trace": "raw", "chat": "chat"}
+    data_label = "trace"
+    layout = llm_files.TRACE_LAYOUT
+    source = "github.com/BeyonderXX/TRACE, LLM-CL_Benchmark"
+    known_tasks = llm_files.TRACE_TASKS
+    task_files = staticmethod(llm_files.trace_files)
     # TRACE's scripts/train_seq_naive.sh: per-task epochs 5,3,7,5,3,5,5,7, lr 1e-5, cosine, no warmup, no decay.
     train_defaults = {"epochs": 1, "task_epochs": llm_files.TRACE_EPOCHS, "batch_size": 8, "eval_batch_size": 16,
                       "lr": 1e-5, "scheduler": "cosine"}  # fmt: skip
-
-    def root(self):
-        return llm_files.check_root(self.config.data_dir, "trace", llm_files.TRACE_LAYOUT,
-                                    "github.com/BeyonderXX/TRACE, LLM-CL_Benchmark")  # fmt: skip
-
-    def check_data(self):
-        root = self.root()
-        for name in self.run_names():
-            if name in llm_files.TRACE_TASKS:
-                llm_files.check_files(llm_files.trace_files(root, name), name, llm_files.TRACE_LAYOUT)
 
     def load_task(self, name):
         return llm_files.trace_task(self.root(), name)
