@@ -145,6 +145,9 @@ class Strategy(nn.Module):
         supports: the settings it can run in; a scenario of another setting is refused before anything loads.
             Declare it as a literal in the class body so ``cl-suite list`` can read it without importing you.
         train_defaults: overrides of the run's ``train.*`` defaults (e.g. ``{"lr": 5e-4}``); the user's win.
+        tunes_whole_model: True for strategies that train every weight of the model (finetune, joint, the
+            Avalanche baselines): the scenario's ``full_tune_defaults`` then apply to them (a pretrained backbone's
+            recipe for full fine-tuning), below the strategy's own ``train_defaults``.
         scenario_defaults: ``scenario.*`` values the method's official code uses (e.g. CoDyRA's CLIP loss
             ``{"text_loss": 1.0}``), applied to scenarios whose Config has the key; the user's win.
         requires: capabilities (CAPABILITIES) the task model must provide, e.g. ``{"linear_targets"}``.
@@ -160,6 +163,7 @@ class Strategy(nn.Module):
     supports: ClassVar[frozenset[str]] = frozenset(SETTINGS)
     requires: ClassVar[frozenset[str]] = frozenset()
     train_defaults: ClassVar[Mapping[str, Any]] = {}
+    tunes_whole_model: ClassVar[bool] = False
     scenario_defaults: ClassVar[Mapping[str, Any]] = {}
     trains: ClassVar[bool] = True
 
@@ -258,6 +262,13 @@ class Scenario:
 
     def collate(self, items: list[Any]) -> Batch:
         return torch.utils.data.default_collate(items)
+
+    @classmethod
+    def full_tune_defaults(cls, config: Any) -> Mapping[str, Any]:
+        """``train.*`` overrides for strategies that fine-tune the whole model (``Strategy.tunes_whole_model``)
+        under ``config``: e.g. a lower lr when the backbone arrives pretrained and ``train_defaults`` were chosen for
+        training it from scratch. The user's values and the strategy's own ``train_defaults`` win."""
+        return {}
 
     def check_data(self) -> None:
         """Raise :class:`MissingData` if the data this scenario reads is not on disk.

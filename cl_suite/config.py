@@ -1,8 +1,9 @@
 """The typed run config: dataclasses filled from a YAML file, CLI flags and ``key=value`` overrides.
 
-``backbone=X`` at the top level is short for ``scenario.backbone=X``. Layering, lowest first: the dataclass defaults, the scenario's ``train_defaults``, the strategy's
-``train_defaults`` (and its ``scenario_defaults`` for the scenario's keys), the YAML file, the CLI flags, then ``--set``
-overrides. Every value is coerced to its field's
+``backbone=X`` at the top level is short for ``scenario.backbone=X``. Layering, lowest first: the dataclass defaults,
+the scenario's ``train_defaults``, its ``full_tune_defaults`` (for strategies that tune the whole model), the
+strategy's ``train_defaults`` (and its ``scenario_defaults`` for the scenario's keys), the YAML file, the CLI flags,
+then ``--set`` overrides. Every value is coerced to its field's
 annotated type; an unknown key or a bad value raises :class:`ConfigError` naming the valid keys or the type.
 The resolved config is what a run records (``config.yaml``) and what ``cl-suite run <config.yaml>`` re-runs.
 """
@@ -172,7 +173,12 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None, *, fil
     scenario_cls = registry.load("scenario", names["scenario"], typed=typed["scenario"])
     strategy_cls = registry.load("strategy", names["strategy"], typed=typed["strategy"])
 
-    train_values = {**scenario_cls.train_defaults, **strategy_cls.train_defaults}
+    scenario_config = build_dataclass(
+        scenario_cls.Config, {**_applicable(strategy_cls.scenario_defaults, scenario_cls.Config), **sections["scenario"]},
+        "scenario",
+    )
+    full_tune = scenario_cls.full_tune_defaults(scenario_config) if strategy_cls.tunes_whole_model else {}
+    train_values = {**scenario_cls.train_defaults, **full_tune, **strategy_cls.train_defaults}
     train = build_dataclass(TrainConfig, {**train_values, **sections["train"]}, "train")
     top = build_dataclass(
         _TopLevel, {k: nested[k] for k in ("seed", "tiny", "device", "kernels") if k in nested}, ""
@@ -187,10 +193,7 @@ def resolve(raw: dict[str, Any], overrides: dict[str, Any] | None = None, *, fil
         device=top.device,
         kernels=top.kernels,
         train=train,
-        scenario_config=build_dataclass(
-            scenario_cls.Config, {**_applicable(strategy_cls.scenario_defaults, scenario_cls.Config), **sections["scenario"]},
-            "scenario",
-        ),
+        scenario_config=scenario_config,
         strategy_config=build_dataclass(strategy_cls.Config, sections["strategy"], "strategy"),
     )
 

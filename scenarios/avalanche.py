@@ -25,7 +25,7 @@ from cl_suite.avalanche_bridge import from_avalanche, require_avalanche
 from cl_suite.data import stratified_split
 from cl_suite.models.classifier import evaluate_accuracy
 from cl_suite.models.tiny_clip_vision import is_tiny_clip, to_clip_input
-from scenarios.digits import check_backbone, digit_tensors, digits_backbone_name, digits_classifier
+from scenarios.digits import TinyTowerRecipe, check_backbone, digit_tensors, digits_backbone_name, digits_classifier
 
 __all__ = ["AvalancheDigits", "AvalancheScenario", "from_avalanche"]
 
@@ -78,7 +78,7 @@ class AvalancheDigitsConfig:
     patch: int = 2
 
 
-class AvalancheDigits(AvalancheScenario):
+class AvalancheDigits(TinyTowerRecipe, AvalancheScenario):
     """sklearn digits as an Avalanche nc_benchmark (5 experiences x 2 classes); backbones as digits-tiny."""
 
     setting = "cil"

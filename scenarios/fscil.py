@@ -30,7 +30,7 @@ from cl_suite.models.classifier import ClassifierModel, evaluate_accuracy
 from cl_suite.models.tiny_clip_vision import is_tiny_clip, to_clip_input
 from cl_suite.models.tiny_vit import TinyViT
 from scenarios import fscil_data
-from scenarios.digits import check_backbone, digits_backbone_name, digits_classifier
+from scenarios.digits import TinyTowerRecipe, check_backbone, digits_backbone_name, digits_classifier
 from scenarios.fscil_index import PROTOCOLS, Protocol, check_session, index_dir, read_session, session_file
 
 TINY_TASKS, TINY_EXAMPLES = 2, 64  # --tiny: the base session and one few-shot session, 64 examples per split
@@ -197,7 +197,7 @@ class ClipInput(Dataset):
         return item
 
 
-class FSCILTiny(FSCILScenario):
+class FSCILTiny(TinyTowerRecipe, FSCILScenario):
     """FSCIL on generated shape/colour images: 10 base + 5 x 2-way 5-shot; pretrained tiny CLIP tower or scratch ViT."""
 
     protocol = PROTOCOLS["fscil_tiny"]

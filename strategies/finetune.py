@@ -17,4 +17,5 @@ class Finetune(Strategy):
     """Sequential fine-tuning of all parameters (lower bound)."""
 
     supports = frozenset({"cil", "til", "dil", "fscil", "seg", "instr"})
+    tunes_whole_model = True
     Config = FinetuneConfig

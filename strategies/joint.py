@@ -15,6 +15,7 @@ class Joint(Strategy):
     """Upper bound: trains on the union of all tasks seen so far."""
 
     supports = frozenset({"cil", "til", "dil", "fscil", "seg", "instr"})
+    tunes_whole_model = True
 
     def train_data(self, task: Task) -> Dataset:
         seen = self.ctx.tasks_seen()

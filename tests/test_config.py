@@ -12,7 +12,7 @@ from cl_suite.config import ConfigError, coerce, resolve
 
 
 def test_defaults_layer_scenario_then_user():
-    cfg = resolve({"scenario": "digits-tiny", "strategy": "finetune"})
+    cfg = resolve({"scenario": "digits-tiny", "strategy": "lora"})
     assert cfg.train.epochs == 5 and cfg.train.lr == 3e-3  # digits-tiny's train_defaults over TrainConfig's
     cfg = resolve({"scenario": {"name": "digits-tiny"}, "strategy": "finetune", "train": {"lr": 0.1}},
                   {"train.epochs": "2", "seed": "7", "scenario.classes_per_task": "5"})  # fmt: skip

@@ -54,6 +54,23 @@ def test_backbone_switch_keeps_the_regimes_apart(scenario):
     assert isinstance(model.backbone, TinyClipVision) and model.head.in_features == 128
 
 
+@pytest.mark.parametrize("scenario", ["digits-tiny", "fscil-tiny", "avalanche-digits"])
+def test_whole_model_fine_tuning_gets_the_pretrained_towers_lr(scenario):
+    """On tiny-clip, strategies that tune the whole model train at 3e-4 (3e-3 wipes out the pretrained tower; README);
+    adapters and the scratch regime keep their recipe; the strategy's own defaults and the user win."""
+
+    def lr(strategy, *overrides):
+        sets = dict(o.split("=", 1) for o in overrides)
+        return config.resolve({"scenario": scenario, "strategy": strategy}, sets).train.lr
+
+    for strategy in ("finetune", "joint", "avalanche-replay"):
+        assert lr(strategy, "backbone=tiny-clip") == 3e-4
+        assert lr(strategy, "backbone=scratch") == 3e-3
+        assert lr(strategy, "backbone=tiny-clip", "train.lr=0.01") == 0.01
+    for strategy in ("lora", "sema", "coso", "prototype"):  # their own recipe, the same in both regimes
+        assert lr(strategy, "backbone=tiny-clip") == lr(strategy, "backbone=scratch")
+
+
 def test_bad_backbone_is_bad_input_before_any_run_folder(tmp_path, capsys):
     code = main(["run", "--scenario", "digits-tiny", "--strategy", "finetune", "--set", "backbone=resnet",
                  "--results", str(tmp_path)])  # fmt: skip

@@ -60,6 +60,7 @@ class AvalancheStrategy(Strategy):
     """Base of the ``avalanche-*`` baselines: an Avalanche strategy's plugins driven by our runner."""
 
     supports = frozenset({"cil", "til", "dil", "fscil"})
+    tunes_whole_model = True  # every Avalanche baseline here trains the whole model
     requires = frozenset({"logits"})
     template: ClassVar[str] = "Naive"  # class name in avalanche.training.supervised
     needs_outputs: ClassVar[bool] = False  # plugins read strategy.mb_output (LwF): one extra forward pass
