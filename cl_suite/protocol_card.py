@@ -48,6 +48,7 @@ def build(scenario: str, overrides: dict[str, Any] | None = None, *, tiny: bool 
         "backbone": instance.backbone,
         "config": dataclasses.asdict(scenario_cfg),
         "train": dataclasses.asdict(train),
+        "full_tune_train": dict(cls.full_tune_defaults(scenario_cfg)),  # train.* of whole-model fine-tuning, if other
         "sources": list(described.get("sources", ())),
         "notes": list(described.get("notes", ())),
         "tasks": list(described["tasks"]),
@@ -81,6 +82,9 @@ def to_text(card: dict[str, Any]) -> str:
             else:
                 lines.append(f"     {key}: {_short(value)}")
     lines += ["", "train recipe: " + ", ".join(f"{k}={_short(v)}" for k, v in card["train"].items())]
+    if card.get("full_tune_train"):
+        changed = ", ".join(f"{k}={_short(v)}" for k, v in card["full_tune_train"].items())
+        lines.append(f"  strategies that tune the whole model (Strategy.tunes_whole_model): {changed}")
     if card["sources"]:
         lines += ["", "sources:"]
         lines += [f"  - {s.get('what', '')}: {s.get('repo', '')} {s.get('path', '')} @ {s.get('commit', '')}".rstrip()

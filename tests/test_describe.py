@@ -11,6 +11,9 @@ def test_card_of_a_generated_scenario_lists_its_tasks_in_order():
     assert [t["name"] for t in card["tasks"]] == ["digits-0-1", "digits-2-3", "digits-4-5", "digits-6-7", "digits-8-9"]
     assert card["tasks"][1]["classes"] == [2, 3]
     assert card["train"]["epochs"] == 5  # digits-tiny's train_defaults, not TrainConfig's 1
+    assert card["full_tune_train"] == {"lr": 3e-4}  # whole-model fine-tuning of the pretrained tower (README)
+    assert "tune the whole model (Strategy.tunes_whole_model): lr=0.0003" in protocol_card.to_text(card)
+    assert protocol_card.build("digits-tiny", {"backbone": "scratch"})["full_tune_train"] == {}
     assert json.loads(protocol_card.to_json(card)) == card
 
 
