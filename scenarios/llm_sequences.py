@@ -248,6 +248,7 @@ class LocalFilesSequence(LLMSequence):
     layout: ClassVar[str] = ""  # the folder's expected layout (llm_files.*_LAYOUT)
     source: ClassVar[str] = ""  # where the folder comes from
     known_tasks: ClassVar[dict[str, Any]] = {}  # llm_files' task table: the names the folder can hold
+    benchmark: ClassVar[str] = ""  # the task table as named in "unknown ... task" messages
 
     @staticmethod
     def task_files(root: Path, name: str) -> list[Path]:
@@ -263,6 +264,14 @@ class LocalFilesSequence(LLMSequence):
             if name in self.known_tasks:  # unknown names fail in load_task with the accepted list
                 llm_files.check_files(self.task_files(root, name), name, self.layout)
 
+    def known_run_names(self) -> list[str]:
+        """The run's task names, each checked against ``known_tasks`` (describe reads no file that would)."""
+        names = list(self.run_names())
+        for name in names:
+            if name not in self.known_tasks:
+                raise ValueError(f"unknown {self.benchmark} task {name!r}; accepted: {', '.join(self.known_tasks)}")
+        return names
+
 
 class Text5(LocalFilesSequence):
     """Standard text-classification CL benchmark (O-LoRA orders 1-3 over AG News, Amazon, DBpedia, Yahoo); local files."""
@@ -275,6 +284,7 @@ class Text5(LocalFilesSequence):
     layout = llm_files.OLORA_LAYOUT
     source = "github.com/cmnfriend/O-LoRA CL_Benchmark/"
     known_tasks = llm_files.CL_BENCHMARK_TASKS
+    benchmark = "CL_Benchmark"
     task_files = staticmethod(llm_files.cl_benchmark_files)
 
     def task_names(self):
@@ -289,9 +299,7 @@ class Text5(LocalFilesSequence):
 
     def describe(self):
         tasks = []
-        for name in self.run_names():
-            if name not in llm_files.CL_BENCHMARK_TASKS:
-                raise ValueError(f"unknown CL_Benchmark task {name!r}; accepted: {', '.join(llm_files.CL_BENCHMARK_TASKS)}")
+        for name in self.known_run_names():
             labels = list(llm_files.OLORA_LABELS[name])
             group, folder = llm_files.CL_BENCHMARK_TASKS[name]
             example = llm_files.olora_prompt(name, "<sentence>", labels, prefix=self.config.prompt_format == "o-lora")
@@ -329,6 +337,7 @@ class Trace(LocalFilesSequence):
     layout = llm_files.TRACE_LAYOUT
     source = "github.com/BeyonderXX/TRACE, LLM-CL_Benchmark"
     known_tasks = llm_files.TRACE_TASKS
+    benchmark = "TRACE"
     task_files = staticmethod(llm_files.trace_files)
     # TRACE's scripts/train_seq_naive.sh: per-task epochs 5,3,7,5,3,5,5,7, lr 1e-5, cosine, no warmup, no decay.
     train_defaults = {"epochs": 1, "task_epochs": llm_files.TRACE_EPOCHS, "batch_size": 8, "eval_batch_size": 16,
@@ -339,9 +348,7 @@ class Trace(LocalFilesSequence):
 
     def describe(self):
         tasks = []
-        for name in self.run_names():
-            if name not in llm_files.TRACE_TASKS:
-                raise ValueError(f"unknown TRACE task {name!r}; accepted: {', '.join(llm_files.TRACE_TASKS)}")
+        for name in self.known_run_names():
             tasks.append({"name": name, "metric": llm_files.TRACE_TASKS[name],
                           "example_input": llm_files.TRACE_INSTRUCTIONS[name] + "<input>"})  # fmt: skip
         return {"tasks": tasks, "sources": [
