@@ -37,7 +37,7 @@ class TinyTowerRecipe:
     """Mixin of the scenarios that take ``backbone=tiny-clip|scratch``. Their ``train_defaults`` (AdamW, lr 3e-3)
     were chosen for the from-scratch ViT; fine-tuning the whole pretrained tower at that lr wipes out what it learnt
     (joint on digits-tiny, seed 0: Last 66.3 at 3e-3, 95.8 at 3e-4), so on ``tiny-clip`` the strategies that tune
-    the whole model (``Strategy.tunes_whole_model``) train at ``PRETRAINED_FULL_TUNE``; adapters keep 3e-3."""
+    the whole model (``Strategy.tunes_whole_model``) train at ``PRETRAINED_FULL_TUNE``; adapter methods keep their recipe."""
 
     @classmethod
     def full_tune_defaults(cls, config) -> dict:
